@@ -1,0 +1,418 @@
+"""The pipeline config schema: one frozen dataclass per section, with its own checks.
+
+Read by :mod:`mrlkit.config` (the only loader). Each ``__post_init__`` rejects
+impossible values by raising :class:`Problem` with the field name; the loader
+adds the section path, so messages read ``train.batch_size: must be >= 1``.
+Defaults reproduce the seed recipe (MatryoshkaLoss over
+MultipleNegativesRankingLoss, 4 epochs, batch 32, lr 2e-5, cosine, 10% warmup).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mrlkit.storage import is_s3_uri, parse_uri
+
+
+class Problem(Exception):
+    """An invalid value inside one section; ``key`` is the field, relative to the section."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+def _check_name(key: str, value: str) -> None:
+    if not _NAME.match(value):
+        raise Problem(key, f"{value!r} is not a valid name; use 1-63 lowercase letters, digits, '.', '_' or '-'")
+
+
+def _check_uri(key: str, value: str) -> None:
+    try:
+        parse_uri(value)
+    except ValueError as exc:
+        raise Problem(key, str(exc)) from None
+
+
+def _positive(key: str, value: int | float | None, minimum: float = 1) -> None:
+    if value is not None and value < minimum:
+        raise Problem(key, f"must be >= {minimum:g}, got {value}")
+
+
+def _fraction(key: str, value: float, *, low_open: bool = False, high_open: bool = False) -> None:
+    bad_low = value <= 0 if low_open else value < 0
+    bad_high = value >= 1 if high_open else value > 1
+    if bad_low or bad_high:
+        raise Problem(key, f"must be in {'(' if low_open else '['}0, 1{')' if high_open else ']'}, got {value}")
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where every stage reads and writes: a local folder or ``s3://bucket/prefix``.
+
+    Endpoint, region and credentials never live here; they come from the
+    environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``,
+    ``MRLKIT_S3_ENDPOINT``), see :mod:`mrlkit.storage`.
+    """
+
+    root: str = "./mrlkit-data"
+
+    def __post_init__(self) -> None:
+        _check_uri("root", self.root)
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """How a stage reaches Ray: ``address`` None starts (or joins, if RAY_ADDRESS is set) a local Ray."""
+
+    address: str | None = None
+    num_cpus: int | None = None
+
+    def __post_init__(self) -> None:
+        _positive("num_cpus", self.num_cpus)
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    """Which input columns hold what (JSONL / Parquet / CSV inputs)."""
+
+    text: str = "text"
+    id: str | None = None
+    title: str | None = None
+    question: str | None = None
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """Raw documents -> normalised, chunked, deduplicated chunks (stage ``prepare``)."""
+
+    input: str | None = None
+    format: Literal["auto", "jsonl", "parquet", "csv", "beir", "text"] = "auto"
+    columns: ColumnMap = field(default_factory=ColumnMap)
+    glob: str = "**/*"
+    chunking: bool = True
+    chunk_tokens: int = 256
+    chunk_overlap_tokens: int = 32
+    tokenizer: str | None = None
+    max_document_chars: int = 5_000_000
+    dedupe: Literal["none", "exact", "near"] = "near"
+    near_duplicate_threshold: float = 0.9
+    max_reject_fraction: float = 0.05
+    max_documents: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.input is not None:
+            _check_uri("input", self.input)
+        _positive("chunk_tokens", self.chunk_tokens, 8)
+        _positive("chunk_overlap_tokens", self.chunk_overlap_tokens, 0)
+        if self.chunk_overlap_tokens >= self.chunk_tokens:
+            raise Problem(
+                "chunk_overlap_tokens",
+                f"must be smaller than chunk_tokens ({self.chunk_tokens}), got {self.chunk_overlap_tokens}",
+            )
+        _positive("max_document_chars", self.max_document_chars)
+        _fraction("near_duplicate_threshold", self.near_duplicate_threshold, low_open=True)
+        _fraction("max_reject_fraction", self.max_reject_fraction)
+        _positive("max_documents", self.max_documents)
+
+
+@dataclass(frozen=True)
+class SyntheticPairsConfig:
+    """Model-free, offline pairs for a corpus with no questions."""
+
+    methods: tuple[Literal["inverse_cloze", "title"], ...] = ("inverse_cloze", "title")
+    pairs_per_chunk: int = 1
+    min_query_words: int = 6
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise Problem("methods", "needs at least one of 'inverse_cloze', 'title'")
+        _positive("pairs_per_chunk", self.pairs_per_chunk)
+        _positive("min_query_words", self.min_query_words)
+
+
+@dataclass(frozen=True)
+class LlmPairsConfig:
+    """Questions generated by any OpenAI-compatible chat endpoint (vLLM, a hosted API).
+
+    The API key is read from the environment variable named by ``api_key_env``,
+    never from this file.
+    """
+
+    endpoint: str | None = None
+    model: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    questions_per_chunk: int = 1
+    concurrency: int = 8
+    max_retries: int = 4
+    timeout_s: float = 60.0
+    temperature: float = 0.7
+
+    def __post_init__(self) -> None:
+        if self.endpoint is not None and not re.match(r"^https?://", self.endpoint):
+            raise Problem("endpoint", f"must be an http(s):// URL, got {self.endpoint!r}")
+        _positive("questions_per_chunk", self.questions_per_chunk)
+        _positive("concurrency", self.concurrency)
+        _positive("max_retries", self.max_retries, 0)
+        _positive("timeout_s", self.timeout_s, 0.001)
+
+
+@dataclass(frozen=True)
+class HardNegativesConfig:
+    """Mine (anchor, positive, negative) rows with the base model."""
+
+    enabled: bool = False
+    num_negatives: int = 1
+    range_min: int = 10
+    range_max: int = 50
+    max_score: float | None = None
+    relative_margin: float | None = 0.05
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _positive("num_negatives", self.num_negatives)
+        _positive("range_min", self.range_min, 0)
+        if self.range_max <= self.range_min:
+            raise Problem("range_max", f"must be greater than range_min ({self.range_min}), got {self.range_max}")
+        _positive("batch_size", self.batch_size)
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Train/test split without leakage.
+
+    ``mode: group`` splits whole groups (documents, or the ``corpus.columns.group``
+    column) so no chunk is on both sides. ``mode: reference`` reproduces the
+    financial benchmark split of DESIGN.md exactly: drop empty questions,
+    shuffle rows with ``random.Random(seed)``, first ``test_fraction`` is test.
+    """
+
+    mode: Literal["group", "reference"] = "group"
+    test_fraction: float = 0.1
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        _fraction("test_fraction", self.test_fraction, low_open=True, high_open=True)
+
+
+@dataclass(frozen=True)
+class PairsConfig:
+    """Chunks -> (query, positive[, negative]) training pairs and a held-out split."""
+
+    source: Literal["columns", "synthetic", "llm"] = "synthetic"
+    synthetic: SyntheticPairsConfig = field(default_factory=SyntheticPairsConfig)
+    llm: LlmPairsConfig = field(default_factory=LlmPairsConfig)
+    hard_negatives: HardNegativesConfig = field(default_factory=HardNegativesConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    max_pairs: int | None = None
+
+    def __post_init__(self) -> None:
+        _positive("max_pairs", self.max_pairs)
+        if self.source == "llm" and (self.llm.endpoint is None or self.llm.model is None):
+            raise Problem("llm", "source 'llm' needs both llm.endpoint and llm.model")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """MRL fine-tuning on Ray Train (stage ``train``); defaults are the seed recipe."""
+
+    base_model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    matryoshka_dims: tuple[int, ...] = (384, 256, 128, 64, 32)
+    matryoshka_weights: tuple[float, ...] | None = None
+    loss: Literal["mnrl", "cached_mnrl"] = "mnrl"
+    mini_batch_size: int = 32
+    gather_across_devices: bool = True
+    epochs: float = 4.0
+    max_steps: int | None = None
+    batch_size: int = 32
+    learning_rate: float = 2e-5
+    scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_seq_length: int | None = None
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+    eval_strategy: Literal["epoch", "steps", "no"] = "epoch"
+    eval_steps: int | None = None
+    save_steps: int | None = None
+    metric_for_best_model: str = "ndcg@10"
+    best_model_dim: int | None = None
+    early_stopping_patience: int | None = None
+    keep_checkpoints: int = 2
+    max_failures: int = 3
+    seed: int = 42
+    max_train_pairs: int | None = None
+
+    def __post_init__(self) -> None:
+        dims = self.matryoshka_dims
+        if not dims:
+            raise Problem("matryoshka_dims", "needs at least one dimension, e.g. [384, 256, 128, 64, 32]")
+        for d in dims:
+            _positive("matryoshka_dims", d)
+        if len(set(dims)) != len(dims) or list(dims) != sorted(dims, reverse=True):
+            raise Problem("matryoshka_dims", f"must be distinct and in descending order, got {list(dims)}")
+        if self.matryoshka_weights is not None:
+            if len(self.matryoshka_weights) != len(dims):
+                raise Problem(
+                    "matryoshka_weights",
+                    f"needs one weight per dimension ({len(dims)}), got {len(self.matryoshka_weights)}",
+                )
+            if any(w < 0 for w in self.matryoshka_weights) or not any(w > 0 for w in self.matryoshka_weights):
+                raise Problem("matryoshka_weights", "weights must be >= 0 with at least one > 0")
+        _positive("batch_size", self.batch_size)
+        _positive("mini_batch_size", self.mini_batch_size)
+        if self.loss == "cached_mnrl" and self.mini_batch_size > self.batch_size:
+            raise Problem("mini_batch_size", f"must not exceed batch_size ({self.batch_size}) for loss 'cached_mnrl'")
+        if self.epochs <= 0:
+            raise Problem("epochs", f"must be > 0, got {self.epochs}")
+        _positive("max_steps", self.max_steps)
+        if not 0 < self.learning_rate < 1:
+            raise Problem("learning_rate", f"must be in (0, 1), got {self.learning_rate}")
+        _fraction("warmup_ratio", self.warmup_ratio, high_open=True)
+        _positive("weight_decay", self.weight_decay, 0)
+        _positive("max_seq_length", self.max_seq_length, 8)
+        _positive("num_workers", self.num_workers)
+        _positive("cpus_per_worker", self.cpus_per_worker)
+        if self.eval_strategy == "steps" and self.eval_steps is None:
+            raise Problem("eval_steps", "required when eval_strategy is 'steps'")
+        _positive("eval_steps", self.eval_steps)
+        _positive("save_steps", self.save_steps)
+        if self.best_model_dim is not None and self.best_model_dim not in dims:
+            raise Problem("best_model_dim", f"must be one of matryoshka_dims {list(dims)}, got {self.best_model_dim}")
+        _positive("early_stopping_patience", self.early_stopping_patience)
+        if self.early_stopping_patience is not None and self.eval_strategy == "no":
+            raise Problem("early_stopping_patience", "needs evaluation; set eval_strategy to 'epoch' or 'steps'")
+        _positive("keep_checkpoints", self.keep_checkpoints)
+        _positive("max_failures", self.max_failures, -1)
+        _positive("max_train_pairs", self.max_train_pairs)
+        if self.precision in ("bf16", "fp16") and not self.use_gpu:
+            raise Problem("precision", f"{self.precision!r} needs use_gpu: true; use 'auto' or 'fp32' on CPU")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Every dimension, base vs fine-tuned (stage ``evaluate``).
+
+    ``models`` empty means: the base model and this run's exported model.
+    ``dims`` empty means: ``train.matryoshka_dims``.
+    """
+
+    models: tuple[str, ...] = ()
+    dims: tuple[int, ...] = ()
+    batch_size: int = 64
+    num_workers: int = 1
+    use_gpu: bool = False
+    max_corpus_size: int | None = None
+    serve_at_fraction: float = 0.99
+
+    def __post_init__(self) -> None:
+        for d in self.dims:
+            _positive("dims", d)
+        _positive("batch_size", self.batch_size)
+        _positive("num_workers", self.num_workers)
+        _positive("max_corpus_size", self.max_corpus_size)
+        _fraction("serve_at_fraction", self.serve_at_fraction, low_open=True)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The OpenAI-compatible ``/v1/embeddings`` endpoint (stage ``serve``).
+
+    ``model`` empty means this run's exported model, ``<root>/models/<run>``.
+    """
+
+    model: str | None = None
+    model_name: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    route_prefix: str = "/"
+    allow_any_dimension: bool = False
+    truncate_long_inputs: bool = True
+    max_batch_size: int = 32
+    batch_wait_timeout_s: float = 0.005
+    max_ongoing_requests: int = 64
+    max_inputs_per_request: int = 256
+    max_request_bytes: int = 2_000_000
+    num_replicas: int = 1
+    autoscaling: bool = False
+    min_replicas: int = 1
+    max_replicas: int = 4
+    target_ongoing_requests: float = 16.0
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise Problem("port", f"must be in 1..65535, got {self.port}")
+        if not self.route_prefix.startswith("/"):
+            raise Problem("route_prefix", f"must start with '/', got {self.route_prefix!r}")
+        _positive("max_batch_size", self.max_batch_size)
+        _positive("batch_wait_timeout_s", self.batch_wait_timeout_s, 0)
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise Problem(
+                "max_ongoing_requests",
+                f"must be at least max_batch_size ({self.max_batch_size}) or batches never fill, "
+                f"got {self.max_ongoing_requests}",
+            )
+        _positive("max_inputs_per_request", self.max_inputs_per_request)
+        _positive("max_request_bytes", self.max_request_bytes, 64)
+        _positive("num_replicas", self.num_replicas)
+        _positive("min_replicas", self.min_replicas, 0)
+        if self.max_replicas < max(self.min_replicas, 1):
+            raise Problem("max_replicas", f"must be >= min_replicas ({self.min_replicas}) and >= 1")
+        _positive("target_ongoing_requests", self.target_ongoing_requests, 0.001)
+        _positive("num_cpus", self.num_cpus, 0)
+        _positive("num_gpus", self.num_gpus, 0)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """One pipeline: ``name`` names its corpus and pairs, ``run`` its checkpoints, model and report."""
+
+    name: str
+    run: str | None = None
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+
+    def __post_init__(self) -> None:
+        _check_name("name", self.name)
+        if self.run is None:
+            object.__setattr__(self, "run", self.name)
+        _check_name("run", self.run)
+        if self.pairs.source == "columns" and self.corpus.columns.question is None:
+            raise Problem(
+                "pairs.source",
+                "'columns' needs corpus.columns.question naming the question column "
+                "(or use source 'synthetic' for a corpus without questions)",
+            )
+        if self.pairs.split.mode == "reference" and self.pairs.source != "columns":
+            raise Problem("pairs.split.mode", "'reference' applies to question/context data; set pairs.source: columns")
+        for d in self.evaluate.dims:
+            if d > self.train.matryoshka_dims[0]:
+                raise Problem(
+                    "evaluate.dims",
+                    f"{d} is larger than the largest trained dimension ({self.train.matryoshka_dims[0]})",
+                )
+
+    @property
+    def eval_dims(self) -> tuple[int, ...]:
+        """The dimensions to evaluate: ``evaluate.dims`` or, when empty, the trained MRL dims."""
+        return self.evaluate.dims or self.train.matryoshka_dims
+
+    @property
+    def uses_s3(self) -> bool:
+        return is_s3_uri(self.storage.root)

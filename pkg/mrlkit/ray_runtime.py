@@ -1,0 +1,45 @@
+"""Join or start Ray for a stage, and carry the storage settings to its workers.
+
+Workers started by a raylet do not inherit the driver's environment, so the
+S3 settings a stage needs (endpoint, region, credentials) are passed as the
+job's ``runtime_env``; on Kubernetes they come from the same Secret on every
+pod. Nothing here logs their values.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from mrlkit.config_schema import RayConfig
+
+log = logging.getLogger(__name__)
+
+STORAGE_ENV_VARS = (
+    "MRLKIT_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_REQUEST_CHECKSUM_CALCULATION",
+    "AWS_RESPONSE_CHECKSUM_VALIDATION", "MRLKIT_STORAGE_ATTEMPTS", "MRLKIT_CACHE", "HF_HUB_OFFLINE",
+)
+
+
+def worker_env() -> dict[str, str]:
+    """The environment variables a worker needs to reach storage the way the driver does."""
+    return {k: os.environ[k] for k in STORAGE_ENV_VARS if os.environ.get(k)}
+
+
+def init_ray(cfg: RayConfig) -> Any:
+    """Connect to ``cfg.address`` / ``RAY_ADDRESS``, or start a local Ray; a no-op if already connected."""
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": worker_env()}, "log_to_driver": True}
+    if address:
+        log.info("ray: connecting to %s", address)
+        ray.init(address=address, **kwargs)
+    else:
+        log.info("ray: starting a local Ray (num_cpus=%s)", cfg.num_cpus or "all")
+        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, **kwargs)
+    return ray
