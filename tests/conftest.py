@@ -57,7 +57,8 @@ def s3_root(rclone_server) -> str:
 def any_root(request, tmp_path, monkeypatch) -> str:
     """A storage root of each kind: a local folder, rclone S3, moto S3."""
     if request.param == "local":
-        return str(tmp_path / "root")
+        yield str(tmp_path / "root")
+        return
     server = request.getfixturevalue(f"{request.param}_server")
     for key, value in server.env().items():
         monkeypatch.setenv(key, value)

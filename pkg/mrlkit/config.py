@@ -22,6 +22,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -35,6 +36,7 @@ from mrlkit.errors import ConfigError
 __all__ = ["PipelineConfig", "config_from_dict", "config_hash", "config_to_dict", "load_config"]
 
 _MISSING = dataclasses.MISSING
+_SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
 
 def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> PipelineConfig:
@@ -155,7 +157,9 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
                 return _coerce(option, value, key)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if len(non_none) == 1 else f"{key}: expected {_allowed(hint)}, got {_describe(value)}")
+        if len(non_none) == 1:
+            raise ConfigError(errors[0])
+        raise ConfigError(f"{key}: expected {_allowed(hint)}, got {_describe(value)}")
     if origin is Literal:
         if value in args and type(value) is type(next(a for a in args if a == value)):
             return value
@@ -183,6 +187,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _SCIENTIFIC.match(value.strip()):
+            return float(value)  # YAML 1.1 reads 2e-5 (no dot) as a string; it is plainly meant as a number
         raise ConfigError(f"{key}: expected a number, got {_describe(value)}")
     if hint is str:
         if isinstance(value, str):

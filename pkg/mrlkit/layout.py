@@ -3,7 +3,7 @@
 ::
 
     <root>/corpora/<name>/   part-*.parquet (CHUNK_COLUMNS), manifest.json, rejects.jsonl
-    <root>/pairs/<name>/     train/ test/ part-*.parquet (PAIR_COLUMNS), corpus/ (eval corpus), split.json, manifest.json
+    <root>/pairs/<name>/     train/ test/ part-*.parquet, corpus/ (eval corpus), split.json, manifest.json
     <root>/runs/<run>/       Ray Train storage (checkpoints, results); re-running <run> resumes
     <root>/models/<run>/     sentence-transformers folder + mrlkit.json
     <root>/reports/<run>/    report.json, report.md, ndcg_by_dim.png

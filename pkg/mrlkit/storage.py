@@ -118,7 +118,8 @@ class S3Settings:
                    env.get("AWS_SESSION_TOKEN"))
 
     def __repr__(self) -> str:
-        return f"S3Settings(endpoint={self.endpoint!r}, region={self.region!r}, credentials={'set' if self.access_key else 'unset'})"
+        creds = "set" if self.access_key else "unset"
+        return f"S3Settings(endpoint={self.endpoint!r}, region={self.region!r}, credentials={creds})"
 
     def where(self) -> str:
         return self.endpoint or f"AWS S3 ({self.region})"

@@ -75,7 +75,8 @@ class LocalS3Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise MrlkitError(f"{self.kind} S3 server exited at start (code {self.proc.returncode}); see {log.name}")
+                code = self.proc.returncode
+                raise MrlkitError(f"{self.kind} S3 server exited at start (code {code}); see {log.name}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     return self
