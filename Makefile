@@ -36,11 +36,11 @@ venv: $(STAMP) ## create .venv with torch ($(TORCH_SPEC)) and mrlkit[$(EXTRAS)]
 demo: $(STAMP) ## the whole pipeline on an embedded Ray and local storage (STORAGE=s3 for a local S3 server)
 	$(PY) -m mrlkit.demo --config $(CONFIG) --storage $(STORAGE)
 
-test: $(STAMP) ## the full test suite, slow end-to-end tests included (what CI runs)
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: $(STAMP) $(HELM) ## the full test suite, slow end-to-end tests included (what CI runs)
+	MRLKIT_HELM=$(abspath $(HELM)) $(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP) ## the suite without tests marked slow
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+test-fast: $(STAMP) $(HELM) ## the suite without tests marked slow
+	MRLKIT_HELM=$(abspath $(HELM)) $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff over the project
 	$(VENV)/bin/ruff check pkg tests benchmarks ray_jobs
