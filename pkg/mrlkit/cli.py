@@ -42,20 +42,22 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("config", parents=[common], help="validate and print the resolved config as JSON")
     for name, (_, _, help_text) in STAGES.items():
         sub.add_parser(name, parents=[common], help=help_text)
-    k8s = sub.add_parser("k8s", help="run stages on Kubernetes as KubeRay RayJobs")
+    # add_help=False: `mrlkit k8s --help` is answered by the k8s command itself, with its own options.
+    k8s = sub.add_parser("k8s", help="run stages on Kubernetes as KubeRay RayJobs", add_help=False)
     k8s.add_argument("k8s_args", nargs=argparse.REMAINDER, help="see `mrlkit k8s --help`")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["k8s"]:  # its own parser, so `mrlkit k8s --help` shows the k8s options
+        from mrlkit.k8s.cli import main as k8s_main
+
+        return k8s_main(argv[1:])
     args = _parser().parse_args(argv)
     from mrlkit.stage import configure_logging, run_stage
 
     try:
-        if args.command == "k8s":
-            from mrlkit.k8s.cli import main as k8s_main
-
-            return k8s_main(args.k8s_args)
         configure_logging(args.verbose)
         cfg = load_config(args.config, args.overrides)
         if args.command == "config":
