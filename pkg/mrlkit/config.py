@@ -161,6 +161,10 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             raise ConfigError(errors[0])
         raise ConfigError(f"{key}: expected {_allowed(hint)}, got {_describe(value)}")
     if origin is Literal:
+        if isinstance(value, bool):
+            # YAML 1.1 reads no/off/yes/on as booleans; give back the word when it is one of the choices.
+            words = ("no", "off", "false") if value is False else ("yes", "on", "true")
+            value = next((w for w in words if w in args), value)
         if value in args and type(value) is type(next(a for a in args if a == value)):
             return value
         choices = ", ".join(repr(a) for a in args)

@@ -167,3 +167,11 @@ def test_scientific_notation_from_yaml_is_a_number(tmp_path):
     assert load_config(path).train.learning_rate == pytest.approx(2e-5)
     with pytest.raises(ConfigError, match="expected a number"):
         load_config(path, ["train.learning_rate=fast"])
+
+
+def test_yaml_no_is_the_word_when_it_is_a_choice(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("name: x\ntrain:\n  eval_strategy: no\n")  # YAML 1.1 reads `no` as false
+    assert load_config(path).train.eval_strategy == "no"
+    with pytest.raises(ConfigError, match="choose one of"):
+        load_config(path, ["train.loss=no"])
