@@ -66,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         module, cls_name, _ = STAGES[args.command]
         stage_cls: Any = getattr(importlib.import_module(module), cls_name)
         summary = run_stage(stage_cls, cfg)
+        table = summary.pop("table", None)  # markdown reads as a table, not as an escaped JSON string
         print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+        if table:
+            print(table)
         return 0
     except MrlkitError as exc:
         print(f"mrlkit: error: {exc}", file=sys.stderr)
