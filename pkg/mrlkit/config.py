@@ -22,6 +22,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -54,8 +55,12 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
             raise ConfigError(f"config file {str(p)!r} does not exist")
         try:
             loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {str(p)!r} is not UTF-8 (byte {exc.start}); save it as UTF-8") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from None
+        except RecursionError:
+            raise ConfigError(f"config file {str(p)!r} is nested too deeply to be a pipeline config") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -74,7 +79,7 @@ def apply_override(data: dict[str, Any], item: str) -> None:
         raise ConfigError(f"override {item!r} must look like section.key=value (e.g. train.epochs=1)")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         value = raw  # an unparseable value is taken as the literal string; type checks still apply
     node = data
     parts = key.split(".")
@@ -189,10 +194,12 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key}: expected an integer, got {_describe(value)}")
     if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
         if isinstance(value, str) and _SCIENTIFIC.match(value.strip()):
-            return float(value)  # YAML 1.1 reads 2e-5 (no dot) as a string; it is plainly meant as a number
+            value = float(value)  # YAML 1.1 reads 2e-5 (no dot) as a string; it is plainly meant as a number
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{key}: expected a finite number, got {_describe(value)}")
+            return float(value)
         raise ConfigError(f"{key}: expected a number, got {_describe(value)}")
     if hint is str:
         if isinstance(value, str):

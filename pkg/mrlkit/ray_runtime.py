@@ -1,9 +1,12 @@
 """Join or start Ray for a stage, and carry the storage settings to its workers.
 
-Workers started by a raylet do not inherit the driver's environment, so the
-S3 settings a stage needs (endpoint, region, credentials) are passed as the
-job's ``runtime_env``; on Kubernetes they come from the same Secret on every
-pod. Nothing here logs their values.
+A local Ray started here inherits the driver's whole environment, credentials
+included. Joining an existing cluster, workers run in the cluster's
+environment, so the non-secret S3 settings (endpoint, region, retry and
+checksum options) travel in the job's ``runtime_env``. Credentials never do:
+Ray writes runtime envs to its logs in plain text. On a cluster they must be in
+every node's environment (on Kubernetes: the same Secret on every pod; for
+``make ray-start``: exported before the head starts).
 """
 
 from __future__ import annotations
@@ -16,15 +19,16 @@ from mrlkit.config_schema import RayConfig
 
 log = logging.getLogger(__name__)
 
+# Settings only: no credential may ever be listed here (runtime envs are logged by Ray).
 STORAGE_ENV_VARS = (
-    "MRLKIT_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_REQUEST_CHECKSUM_CALCULATION",
-    "AWS_RESPONSE_CHECKSUM_VALIDATION", "MRLKIT_STORAGE_ATTEMPTS", "MRLKIT_CACHE", "HF_HUB_OFFLINE",
+    "MRLKIT_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION",
+    "AWS_REQUEST_CHECKSUM_CALCULATION", "AWS_RESPONSE_CHECKSUM_VALIDATION", "MRLKIT_STORAGE_ATTEMPTS",
+    "MRLKIT_CACHE", "HF_HUB_OFFLINE",
 )
 
 
 def worker_env() -> dict[str, str]:
-    """The environment variables a worker needs to reach storage the way the driver does."""
+    """The non-secret environment a worker needs to reach storage the way the driver does."""
     return {k: os.environ[k] for k in STORAGE_ENV_VARS if os.environ.get(k)}
 
 

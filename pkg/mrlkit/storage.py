@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import time
 import uuid
@@ -392,7 +393,10 @@ def check_reachable(uri: str) -> None:
             raise StorageError(f"{uri}: {existing} is not writable")
         return
     loc, settings, client = _s3(uri)
-    with_retries(lambda: client.head_bucket(Bucket=loc.bucket), uri, settings)
+    try:
+        with_retries(lambda: client.head_bucket(Bucket=loc.bucket), uri, settings)
+    except StorageNotFound:  # head_bucket answers a bare 404 for a missing bucket
+        raise StorageError(f"{uri}: bucket {loc.bucket!r} does not exist at {settings.where()}") from None
 
 
 # -- atomic publish of a folder ------------------------------------------------------------
@@ -450,8 +454,18 @@ def _publish_local(src: Path, dest: Path, marker: dict[str, Any], uri: str) -> N
         shutil.rmtree(staging, ignore_errors=True)
         if old.exists() and not dest.exists():
             os.rename(old, dest)  # put the previous output back; nothing half-published
-        raise StorageError(f"{uri}: cannot publish ({exc.strerror or exc})") from None
+        raise StorageError(f"{uri}: cannot publish ({_os_reason(exc)})") from None
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _os_reason(exc: OSError) -> str:
+    """One short reason; copytree's shutil.Error carries a list of (src, dst, why) per failed file."""
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list) and exc.args[0]:
+        first = exc.args[0][0]
+        why = str(first[2] if isinstance(first, tuple) and len(first) == 3 else first)
+        short = re.match(r"\[Errno \d+\] ([^:]+)", why)  # drop the two long file paths copytree appends
+        return f"{short.group(1) if short else why}; {len(exc.args[0])} file(s) failed"
+    return exc.strerror or str(exc)
 
 
 def read_marker(uri: str) -> dict[str, Any]:

@@ -115,6 +115,14 @@ _EXPECTED = {
 }
 
 
+def _has_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
+
+
 def parse_request(body: bytes, *, max_bytes: int, max_inputs: int) -> EmbeddingRequest:
     """Bytes of a ``POST /v1/embeddings`` body -> a checked request, or an :class:`ApiError` saying what is wrong.
 
@@ -129,6 +137,9 @@ def parse_request(body: bytes, *, max_bytes: int, max_inputs: int) -> EmbeddingR
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply to be an embeddings request",
+                       code="invalid_json") from None
     if not isinstance(data, dict):
         raise ApiError(400, f"request body must be a JSON object, got {type(data).__name__}", code="invalid_type")
     if "input" not in data:
@@ -141,6 +152,11 @@ def parse_request(body: bytes, *, max_bytes: int, max_inputs: int) -> EmbeddingR
     if not texts:
         raise ApiError(400, "'input' is an empty list; send at least one non-empty string", param="input",
                        code="empty_input")
+    unencodable = [i for i, t in enumerate(texts) if _has_lone_surrogate(t)]
+    if unencodable:  # a JSON \ud800 escape: not text any tokenizer can take
+        where = "'input'" if isinstance(request.input, str) else f"'input[{unencodable[0]}]'"
+        raise ApiError(400, f"{where} holds a lone UTF-16 surrogate escape; send valid Unicode text",
+                       param="input", code="invalid_text")
     empty = [i for i, t in enumerate(texts) if not t.strip()]
     if empty:
         where = "'input'" if isinstance(request.input, str) else f"'input[{empty[0]}]'"
