@@ -1,0 +1,65 @@
+"""What every benchmark records next to its figures: the machine, the versions, the command."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU count, platform, accelerator (if any) and the versions that change the figures."""
+    info: dict[str, Any] = {
+        "hostname_kind": "ci-or-dev-vm" if os.environ.get("CI") else "dev-vm",
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "versions": {p: _version(p) for p in ("mrlkit", "torch", "ray", "sentence-transformers", "transformers")},
+    }
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+            info["gpu_count"] = torch.cuda.device_count()
+        else:
+            info["gpu"] = None
+    except ImportError:
+        info["gpu"] = None
+    try:
+        with open("/proc/meminfo") as fh:
+            info["memory_gib"] = round(int(fh.readline().split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return info
+
+
+def write_result(name: str, figures: dict[str, Any], *, command: str | None = None) -> Path:
+    """Write ``benchmarks/results/<name>.json`` with the figures, the machine and the exact command."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{name}.json"
+    record = {
+        "benchmark": name,
+        "command": command or " ".join([Path(sys.executable).name, *sys.argv]),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine_info(),
+        **figures,
+    }
+    out.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    print(f"wrote {out}")
+    return out

@@ -1,0 +1,10 @@
+"""Stage ``train``: MRL fine-tuning of a sentence-transformers model on Ray Train.
+
+- :mod:`mrlkit.train.loss`: MatryoshkaLoss over (Cached)MultipleNegativesRankingLoss.
+- :mod:`mrlkit.train.data`: the pairs and held-out set, read from the storage layout.
+- :mod:`mrlkit.train.callbacks`: progress (loss, pairs/s, ETA), Ray reporting with retried uploads.
+- :mod:`mrlkit.train.worker`: the per-worker loop; runs with or without Ray.
+- :mod:`mrlkit.train.run_storage`: the filesystem Ray Train checkpoints through (local or S3).
+- :mod:`mrlkit.train.export`: best checkpoint -> sentence-transformers folder + ``mrlkit.json``.
+- :mod:`mrlkit.train.launch`: ``TrainStage`` (TorchTrainer, storage, failure policy, resume, export).
+"""

@@ -1,0 +1,266 @@
+"""The per-worker training loop: sentence-transformers' trainer, the MRL loss, MRL evaluation.
+
+Under Ray Train every worker runs :func:`train_loop` (TorchTrainer has already set
+up the process group: gloo on CPU, nccl on GPU, and RANK/LOCAL_RANK/WORLD_SIZE,
+which the Hugging Face trainer reads to wrap the model in DDP). Without Ray (a
+single-GPU benchmark machine, a debugger) the same function runs in-process::
+
+    from mrlkit.config import config_to_dict, load_config
+    from mrlkit.train.worker import train_loop
+    cfg = load_config("ray_jobs/configs/demo.yaml", ["train.max_steps=20"])
+    summary = train_loop({"config": config_to_dict(cfg), "output_dir": "/tmp/mrl-train"})
+
+Resume: under Ray, ``ray.train.get_checkpoint()`` holds the newest reported
+checkpoint (after a worker failure, or when a run of the same name is submitted
+again); it is downloaded and handed to ``trainer.train(resume_from_checkpoint=...)``,
+which restores weights, optimizer, scheduler, step counter and data order.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from mrlkit import layout
+from mrlkit.config import config_from_dict
+from mrlkit.config_schema import PipelineConfig, TrainConfig
+from mrlkit.train import callbacks as cb
+from mrlkit.train.data import load_eval_dataset, load_train_dataset
+from mrlkit.train.loss import build_loss
+
+log = logging.getLogger("mrlkit.train")
+
+EVALUATOR_NAME = "heldout"
+GREATER_IS_BETTER_EXCEPT = ("loss",)
+
+
+def primary_dim(train: TrainConfig) -> int:
+    """The dimension best-model selection and early stopping watch (default: the largest)."""
+    return train.best_model_dim or train.matryoshka_dims[0]
+
+
+def best_metric_key(train: TrainConfig) -> str | None:
+    """The full metric name in the trainer's logs, e.g. ``eval_heldout_dim128_ndcg@10``; None without evaluation."""
+    if train.eval_strategy == "no":
+        return None
+    if train.metric_for_best_model == "loss":
+        return "eval_loss"
+    return f"eval_{EVALUATOR_NAME}_dim{primary_dim(train)}_{train.metric_for_best_model}"
+
+
+def greater_is_better(train: TrainConfig) -> bool:
+    return train.metric_for_best_model not in GREATER_IS_BETTER_EXCEPT
+
+
+def gpu_features() -> dict[str, bool]:
+    """What the visible GPU supports: bf16 (Ampere+), tf32, fused AdamW. All False on CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"cuda": False, "bf16": False, "tf32": False, "fused_adamw": False}
+    major, _ = torch.cuda.get_device_capability()
+    return {"cuda": True, "bf16": torch.cuda.is_bf16_supported(), "tf32": major >= 8, "fused_adamw": True}
+
+
+def precision_args(train: TrainConfig) -> dict[str, Any]:
+    """bf16/tf32 and the fused optimizer only where the hardware has them (``precision: auto``)."""
+    feats = gpu_features() if train.use_gpu else {"cuda": False, "bf16": False, "tf32": False, "fused_adamw": False}
+    if train.use_gpu and not feats["cuda"]:
+        raise RuntimeError("train.use_gpu is true but this worker sees no CUDA device")
+    bf16 = train.precision == "bf16" or (train.precision == "auto" and feats["bf16"])
+    return {
+        "bf16": bf16,
+        "fp16": train.precision == "fp16",
+        "tf32": True if feats["tf32"] and train.precision in ("auto", "bf16") else None,
+        "optim": "adamw_torch_fused" if feats["fused_adamw"] else "adamw_torch",
+        "use_cpu": not train.use_gpu,
+    }
+
+
+def schedule_args(train: TrainConfig) -> dict[str, Any]:
+    """Evaluation and checkpoint cadence; checkpoints fall on evaluation steps so each carries a fresh score."""
+    if train.eval_strategy == "steps":
+        save = {"save_strategy": "steps", "save_steps": train.save_steps or train.eval_steps}
+        evaluation = {"eval_strategy": "steps", "eval_steps": train.eval_steps}
+    else:
+        save = ({"save_strategy": "steps", "save_steps": train.save_steps} if train.save_steps
+                else {"save_strategy": "epoch"})
+        evaluation = {"eval_strategy": train.eval_strategy}
+    return {**evaluation, **save}
+
+
+def training_arguments(train: TrainConfig, output_dir: str, world_size: int) -> Any:
+    from sentence_transformers import SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.training_args import BatchSamplers
+
+    metric = best_metric_key(train)
+    return SentenceTransformerTrainingArguments(
+        output_dir=output_dir,
+        num_train_epochs=train.epochs,
+        max_steps=train.max_steps or -1,
+        per_device_train_batch_size=train.batch_size,
+        per_device_eval_batch_size=train.batch_size,
+        learning_rate=train.learning_rate,
+        lr_scheduler_type=train.scheduler,
+        warmup_steps=train.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        weight_decay=train.weight_decay,
+        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        metric_for_best_model=metric,
+        greater_is_better=greater_is_better(train) if metric else None,
+        load_best_model_at_end=False,  # the launcher exports the best Ray checkpoint; robust across restarts
+        save_total_limit=train.keep_checkpoints,
+        logging_steps=max(1, min(10, (train.eval_steps or 10))),
+        logging_first_step=True,
+        seed=train.seed,
+        data_seed=train.seed,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_drop_last=world_size > 1,  # equal batch counts on every worker keep DDP in step
+        **schedule_args(train),
+        **precision_args(train),
+    )
+
+
+def _ray_context() -> tuple[int, int, Any]:
+    """(rank, world size, checkpoint to resume from) inside Ray Train."""
+    import ray.train
+
+    ctx = ray.train.get_context()
+    return ctx.get_world_rank(), ctx.get_world_size(), ray.train.get_checkpoint()
+
+
+def _fault_callback(fault: dict[str, Any] | None, rank: int) -> list[Any]:
+    if not fault:
+        return []
+    return [cb.CrashAtStepCallback(int(fault["step"]), int(fault.get("rank", 0)), str(fault["marker"]), rank)]
+
+
+def build_evaluator(cfg: PipelineConfig) -> Any:
+    """The MRL evaluator over the held-out queries and evaluation corpus: NDCG@10 etc. at every dim, one encoding."""
+    from mrlkit.evaluate.evaluator import MatryoshkaIREvaluator, load_ir_data
+
+    queries, corpus, relevant = load_ir_data(layout.pairs_uri(cfg))
+    return MatryoshkaIREvaluator(queries, corpus, relevant, dims=list(cfg.train.matryoshka_dims),
+                                 name=EVALUATOR_NAME, batch_size=max(cfg.train.batch_size, 32),
+                                 primary_dim=primary_dim(cfg.train))
+
+
+def _finished_step(trainer: Any, checkpoint_dir: str) -> int | None:
+    """The checkpoint's step when it already reached this config's last step, else None.
+
+    The Hugging Face trainer, resumed at its final step, would still run one more step before
+    noticing; a re-submitted finished run must not train (or report) anything.
+    """
+    import json
+    import math
+
+    state_file = Path(checkpoint_dir) / "trainer_state.json"
+    if not state_file.is_file():
+        return None
+    step = int(json.loads(state_file.read_text()).get("global_step", 0))
+    args = trainer.args
+    if args.max_steps > 0:
+        last = args.max_steps
+    else:
+        per_epoch = max(len(trainer.get_train_dataloader()) // args.gradient_accumulation_steps, 1)
+        last = math.ceil(args.num_train_epochs * per_epoch)
+    return step if step >= last else None
+
+
+def _log_to_stderr() -> None:
+    """Ray worker processes start with no handler for ``mrlkit`` loggers; progress lines must still show."""
+    logger = logging.getLogger("mrlkit")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(name)s: %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
+    """Train on this worker. ``loop_config``: ``config`` (the pipeline config as plain data), optional
+    ``use_ray`` (report to Ray Train, resume from its checkpoint), ``output_dir`` (local scratch),
+    ``resume_from`` (a local Hugging Face checkpoint folder, without Ray), ``fault`` (test hook).
+
+    Returns the final metrics (every rank; only rank 0's reach the Ray checkpoint).
+    """
+    import torch
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
+    from transformers.trainer_callback import PrinterCallback
+
+    from mrlkit.models import resolve_model
+
+    cfg = config_from_dict(loop_config["config"])
+    train = cfg.train
+    use_ray = bool(loop_config.get("use_ray"))
+    if use_ray:
+        _log_to_stderr()
+    rank, world_size, ray_checkpoint = _ray_context() if use_ray else (0, 1, None)
+    torch.manual_seed(train.seed)
+    own_scratch = not loop_config.get("output_dir")
+    scratch = Path(loop_config.get("output_dir") or tempfile.mkdtemp(prefix="mrlkit-train-"))
+    output_dir = scratch / f"rank{rank}"
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    model = SentenceTransformer(resolve_model(train.base_model), device="cpu")
+    if train.max_seq_length:
+        model.max_seq_length = train.max_seq_length
+    train_ds = load_train_dataset(layout.pairs_uri(cfg), train.max_train_pairs)
+    evaluating = train.eval_strategy != "no"
+    eval_ds = load_eval_dataset(layout.pairs_uri(cfg)) if evaluating else None
+    evaluator = build_evaluator(cfg) if evaluating else None
+    args = training_arguments(train, str(output_dir), world_size)
+    loss = build_loss(model, train, distributed=world_size > 1)
+
+    progress = cb.ProgressCallback(pairs_per_step=train.batch_size * world_size, is_main=rank == 0)
+    # No extra "save at the end" hook needed: the trainer saves (and, with steps, evaluates) at the last step
+    # for a steps strategy and at the closing epoch end for an epoch strategy, so every run ends on a checkpoint.
+    callbacks: list[Any] = [progress]
+    if train.early_stopping_patience:
+        from transformers import EarlyStoppingCallback
+
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=train.early_stopping_patience))
+    if use_ray:
+        callbacks.append(cb.RayReportCallback(rank, progress))
+    callbacks += _fault_callback(loop_config.get("fault"), rank)
+
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                                         loss=loss, evaluator=evaluator, callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)  # ProgressCallback logs one readable line instead of raw dicts
+    if use_ray:
+        from ray.train.huggingface.transformers import prepare_trainer
+
+        trainer = prepare_trainer(trainer)
+
+    resume = loop_config.get("resume_from")
+    started = time.perf_counter()
+    if ray_checkpoint is not None:
+        with ray_checkpoint.as_directory() as ckpt_dir:
+            resume = str(Path(ckpt_dir) / cb.HF_CHECKPOINT_DIR)
+            if not Path(resume).is_dir():
+                raise RuntimeError(f"Ray checkpoint {ray_checkpoint.path} has no {cb.HF_CHECKPOINT_DIR}/ folder")
+            log.info("train: worker %d resumes from %s", rank, ray_checkpoint.path)
+            done = _finished_step(trainer, resume)
+            result = None if done is not None else trainer.train(resume_from_checkpoint=resume)
+    else:
+        done = _finished_step(trainer, resume) if resume else None
+        result = None if done is not None else trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - started
+    if result is None:  # the checkpoint already holds the whole run: nothing to train, nothing new to report
+        log.info("train: worker %d: the checkpoint is at the last step (%d); nothing left to train", rank, done)
+        summary = {"step": done, "resumed_from_step": done, "pairs_per_s": 0.0, "train_loss": None,
+                   "train_seconds": 0.0, "world_size": world_size, "best_metric": None, "output_dir": str(output_dir)}
+        return summary
+    summary = {**progress.progress(trainer.state), "train_loss": result.training_loss,
+               "train_seconds": round(seconds, 2), "world_size": world_size,
+               "best_metric": trainer.state.best_metric, "output_dir": str(output_dir)}
+    if rank == 0:
+        log.info("train: worker done: %s", summary)
+    if use_ray and own_scratch:  # under Ray the checkpoints live in Ray storage; local copies are scratch
+        shutil.rmtree(scratch, ignore_errors=True)
+    return summary

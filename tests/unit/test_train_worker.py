@@ -1,0 +1,56 @@
+"""The per-worker loop runs without Ray (a single-GPU benchmark machine has none)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from test_train_setup import publish_pairs
+
+from mrlkit import layout
+from mrlkit.config import config_to_dict, load_config
+from mrlkit.train.worker import train_loop
+
+
+def test_worker_loop_trains_triplets_with_cached_loss_without_ray(tmp_path, tiny_model):
+    import ray
+
+    cfg = load_config(None, [
+        "name=w", f"storage.root={tmp_path / 'root'}", f"train.base_model={tiny_model}",
+        "train.matryoshka_dims=[32,8]", "train.loss=cached_mnrl", "train.batch_size=4", "train.mini_batch_size=2",
+        "train.max_steps=2", "train.eval_strategy=no", "train.learning_rate=1e-3",
+    ])
+    n = 8
+    publish_pairs(layout.pairs_uri(cfg), {
+        "anchor": [f"question {i}" for i in range(n)], "positive": [f"answer {i}" for i in range(n)],
+        "negative_1": [f"other answer {i + 1}" for i in range(n)],  # hard negatives make rows triplets
+        "source": [f"row {i}" for i in range(n)],  # metadata the loss must never see
+    })
+
+    summary = train_loop({"config": config_to_dict(cfg), "output_dir": str(tmp_path / "out")})
+
+    assert summary["step"] == 2 and summary["world_size"] == 1 and summary["resumed_from_step"] == 0
+    assert summary["pairs_per_s"] > 0 and summary["train_loss"] > 0
+    saved = Path(summary["output_dir"], "checkpoint-2")
+    assert (saved / "modules.json").is_file() and (saved / "optimizer.pt").is_file()
+    assert not ray.is_initialized()
+
+    # Resuming from the local checkpoint with a longer horizon continues at step 2.
+    longer = load_config(None, [*(f"{k}={v}" for k, v in [
+        ("name", "w"), ("storage.root", tmp_path / "root"), ("train.base_model", tiny_model),
+        ("train.matryoshka_dims", "[32,8]"), ("train.loss", "cached_mnrl"), ("train.batch_size", 4),
+        ("train.mini_batch_size", 2), ("train.max_steps", 3), ("train.eval_strategy", "no"),
+    ])])
+    resumed = train_loop({"config": config_to_dict(longer), "output_dir": str(tmp_path / "out"),
+                          "resume_from": str(saved)})
+    assert resumed["resumed_from_step"] == 2 and resumed["step"] == 3
+
+    # A finished run resumed again trains nothing (the trainer alone would run one extra step).
+    one_epoch = load_config(None, [*(f"{k}={v}" for k, v in [
+        ("name", "w"), ("storage.root", tmp_path / "root"), ("train.base_model", tiny_model),
+        ("train.matryoshka_dims", "[32,8]"), ("train.batch_size", 4), ("train.epochs", 1),
+        ("train.eval_strategy", "no"),
+    ])])  # 8 pairs / batch 4 = 2 steps: the first run's checkpoint-2 is already the end
+    again = train_loop({"config": config_to_dict(one_epoch), "output_dir": str(tmp_path / "again"),
+                        "resume_from": str(saved)})
+    assert again["step"] == 2 and again["resumed_from_step"] == 2 and again["train_seconds"] == 0.0
+    assert not Path(again["output_dir"], "checkpoint-3").exists()
