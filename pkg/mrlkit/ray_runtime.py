@@ -33,13 +33,21 @@ def worker_env() -> dict[str, str]:
 
 
 def init_ray(cfg: RayConfig) -> Any:
-    """Connect to ``cfg.address`` / ``RAY_ADDRESS``, or start a local Ray; a no-op if already connected."""
+    """Connect to ``cfg.address`` / ``RAY_ADDRESS``, or start a local Ray; a no-op if already connected.
+
+    Only a driver joining a cluster from outside passes a runtime env: a local Ray inherits this
+    process's environment, and a ``ray job submit`` driver already runs in the cluster's environment
+    with the job's own runtime env, which a second one would conflict with.
+    """
     import ray
 
     if ray.is_initialized():
         return ray
     address = cfg.address or os.environ.get("RAY_ADDRESS")
-    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": worker_env()}, "log_to_driver": True}
+    inside_submitted_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ  # set by Ray's job manager
+    kwargs: dict[str, Any] = {"log_to_driver": True}
+    if address and not inside_submitted_job:
+        kwargs["runtime_env"] = {"env_vars": worker_env()}
     if address:
         log.info("ray: connecting to %s", address)
         ray.init(address=address, **kwargs)

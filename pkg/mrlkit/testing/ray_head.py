@@ -57,6 +57,9 @@ class LocalRayHead:
         temp_dir = Path("/tmp") / f"mrlkit-ray-{self.port}"
         cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", f"--port={self.port}",
                f"--dashboard-port={self.dashboard_port}", "--dashboard-host=127.0.0.1", f"--num-cpus={self.num_cpus}",
+               # Ray's fixed defaults (job agent 52365, client server 10001) collide with any other Ray on
+               # the machine, and a head whose job agent cannot bind refuses every `ray job submit`.
+               f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}",
                f"--temp-dir={temp_dir}", "--disable-usage-stats"]
         full_env = {**os.environ, **(env or {}), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path)}
         log = self.state_dir / "ray-start.log"

@@ -1,0 +1,247 @@
+"""Corpus processing throughput: read -> chunk -> dedupe -> write, with 1 and 2 Ray CPUs, and peak memory.
+
+Generates a large Markdown corpus (default 200 MB, many files of ~100 kB with
+headings, paragraphs and ~2% duplicated files), then runs the corpus half of stage
+``prepare`` (Ray Data read + normalise + token-aware chunking with all-MiniLM-L6-v2's
+tokenizer + exact/near dedupe + parquet write + atomic publish) in a fresh process
+per setting, so each gets its own Ray with ``num_cpus`` 1 or 2. Peak memory is
+sampled over the driver and every Ray process it started; the half-size run shows
+whether memory grows with corpus size (it must not: the stage streams). Ray's start and a
+tiny warm-up dataset (worker processes, tokenizer load) are timed separately (``warm_up_s``).
+
+    .venv/bin/python benchmarks/corpus_throughput.py                 # 200 MB (several minutes on 2 cores)
+    .venv/bin/python benchmarks/corpus_throughput.py --mb 40         # a quicker check
+
+Writes benchmarks/results/corpus_throughput.json (``--name`` to choose another name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+FILE_BYTES = 100_000
+
+
+def generate(out: Path, total_mb: float, seed: int = 0) -> int:
+    """Markdown files under out/a and out/b (half each); returns the bytes written."""
+    rng = random.Random(seed)
+    vocab = _vocabulary()
+    written = 0
+    n_files = max(2, int(total_mb * 1e6 / FILE_BYTES))
+    previous = ""
+    for i in range(n_files):
+        folder = out / ("a" if i < n_files // 2 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        if previous and rng.random() < 0.02:
+            text = previous  # an exact duplicate file, found by the global dedupe pass
+        else:
+            parts = [f"# Document {i}: {' '.join(rng.choices(vocab, k=4))}\n"]
+            size = len(parts[0])
+            while size < FILE_BYTES:
+                if rng.random() < 0.1:
+                    block = f"## {' '.join(rng.choices(vocab, k=3)).title()}\n"
+                else:
+                    sentences = [" ".join(rng.choices(vocab, k=rng.randint(6, 25))).capitalize() + "."
+                                 for _ in range(rng.randint(2, 7))]
+                    block = " ".join(sentences) + "\n"
+                parts.append(block)
+                size += len(block) + 1
+            text = "\n".join(parts)
+        (folder / f"doc-{i:06d}.md").write_text(text)
+        written += len(text.encode())
+        previous = text
+    return written
+
+
+def _vocabulary() -> list[str]:
+    """Whole English words from the model's own WordPiece vocabulary (realistic tokens per byte, offline)."""
+    from mrlkit.models import resolve_model
+
+    words = (Path(resolve_model(MODEL)) / "vocab.txt").read_text().split()
+    return sorted({w for w in words if w.isalpha() and w.isascii() and len(w) >= 2})
+
+
+def _cpu_seconds() -> dict[int, float]:
+    """user+system CPU seconds of this process and every process it started (Ray's included), by pid."""
+    import psutil
+
+    me = psutil.Process()
+    out = {}
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+            out[proc.pid] = times.user + times.system
+        except psutil.Error:
+            pass
+    return out
+
+
+def _sample_memory(stop: threading.Event, peaks: dict[str, float]) -> None:
+    """Peak RSS, and peak USS (driver) / PSS (all): RSS also counts the shared object-store pages a process
+    has touched, which say nothing about what it holds; USS/PSS do not."""
+    import psutil
+
+    me = psutil.Process()
+    while not stop.is_set():
+        rss = pss = 0
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                info = proc.memory_full_info()
+            except psutil.Error:
+                continue
+            rss += info.rss
+            pss += info.pss
+            if proc.pid == me.pid:
+                peaks["driver_mb"] = max(peaks.get("driver_mb", 0), info.rss / 1e6)
+                peaks["driver_uss_mb"] = max(peaks.get("driver_uss_mb", 0), info.uss / 1e6)
+        peaks["total_mb"] = max(peaks.get("total_mb", 0), rss / 1e6)
+        peaks["total_pss_mb"] = max(peaks.get("total_pss_mb", 0), pss / 1e6)
+        stop.wait(1.0)
+
+
+def run_once(input_dir: str, glob: str, num_cpus: int, root: str) -> dict:
+    """One measured run in this process (a fresh Ray with ``num_cpus``)."""
+    import ray
+
+    from mrlkit import storage
+    from mrlkit.config_schema import CorpusConfig, RayConfig
+    from mrlkit.corpus.chunking import effective_limits
+    from mrlkit.corpus.pipeline import build_chunks, write_corpus_parts
+    from mrlkit.corpus.shard import ShardOptions
+    from mrlkit.corpus.sources import find_inputs
+    from mrlkit.ray_runtime import init_ray
+
+    cfg = CorpusConfig(input=input_dir, format="text", glob=glob, chunk_tokens=256, chunk_overlap_tokens=32)
+    size, overlap = effective_limits(MODEL, cfg.chunk_tokens, cfg.chunk_overlap_tokens)
+    options = ShardOptions(cfg, MODEL, size, overlap, signatures=True)
+    init_ray(RayConfig(num_cpus=num_cpus))
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    warm = time.monotonic()
+    _warm_up(ray, num_cpus)  # start Ray Data and its workers outside the timed part (reported separately)
+    warm_up_s = time.monotonic() - warm
+    peaks: dict[str, float] = {}
+    stop = threading.Event()
+    sampler = threading.Thread(target=_sample_memory, args=(stop, peaks), daemon=True)
+    sampler.start()
+    load_before = os.getloadavg()[0]
+    cpu_before = _cpu_seconds()
+    with tempfile.TemporaryDirectory() as work:
+        started = time.monotonic()
+        inputs = find_inputs(cfg)
+        chunks, rejects = build_chunks(inputs, options, Path(work), num_cpus)
+        t_chunks = time.monotonic() - started
+        write_corpus_parts(chunks, Path(work) / "out")
+        storage.publish_dir(Path(work) / "out", storage.join(root, f"cpus-{num_cpus}"))
+        seconds = time.monotonic() - started
+    cpu_used = sum(v - cpu_before.get(pid, 0.0) for pid, v in _cpu_seconds().items())
+    load_after = os.getloadavg()[0]
+    stop.set()
+    sampler.join()
+    mb = inputs.total_bytes / 1e6
+    ray.shutdown()
+    return {"num_cpus": num_cpus, "warm_up_s": round(warm_up_s, 2), "mb": round(mb, 1), "files": len(inputs.files),
+            "seconds": round(seconds, 2),
+            "mb_per_s": round(mb / seconds, 3), "mb_per_s_per_cpu": round(mb / seconds / num_cpus, 3),
+            "seconds_read_chunk_dedupe": round(t_chunks, 2), "chunks": chunks.counts["chunks"],
+            "duplicate_exact": chunks.counts["duplicate_exact"], "duplicate_near": chunks.counts["duplicate_near"],
+            "rejects": len(rejects), "peak_rss_driver_mb": round(peaks.get("driver_mb", 0), 1),
+            "peak_rss_all_ray_processes_mb": round(peaks.get("total_mb", 0), 1),
+            "peak_uss_driver_mb": round(peaks.get("driver_uss_mb", 0), 1),
+            "peak_pss_all_ray_processes_mb": round(peaks.get("total_pss_mb", 0), 1),
+            # CPU time of the driver and every Ray process: MB per CPU-second is the per-core throughput
+            # even when other work shares the machine (wall-clock MB/s is not, then).
+            "cpu_seconds": round(cpu_used, 1), "mb_per_cpu_second": round(mb / max(cpu_used, 1e-9), 3),
+            "load_average_1min_before_after": [round(load_before, 1), round(load_after, 1)]}
+
+
+def _load_chunker(batch: dict) -> dict:
+    from mrlkit.corpus.chunking import load_backend
+
+    load_backend(MODEL)
+    return batch
+
+
+def _warm_up(ray, num_cpus: int) -> None:
+    """One tiny dataset run: Ray Data's executor and one worker per CPU, each with the tokenizer loaded."""
+    ds = ray.data.from_items([{"x": i} for i in range(2 * num_cpus)], override_num_blocks=2 * num_cpus)
+    for _ in ds.map_batches(_load_chunker, batch_size=None, num_cpus=1).iter_batches(batch_size=None):
+        pass
+
+
+def _child(input_dir: str, glob: str, num_cpus: int, root: str) -> dict:
+    cmd = [sys.executable, __file__, "--child", input_dir, "--glob", glob, "--num-cpus", str(num_cpus),
+           "--root", root]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"run with {num_cpus} CPUs failed:\n{out.stderr[-3000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"  {num_cpus} CPU(s), {glob}: {result['mb']} MB in {result['seconds']}s = {result['mb_per_s']} MB/s, "
+          f"peak RSS {result['peak_rss_all_ray_processes_mb']} MB", flush=True)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mb", type=float, default=200.0, help="corpus size to generate (MB)")
+    parser.add_argument("--input", help="use this folder of Markdown files (with a/ and b/ halves) instead")
+    parser.add_argument("--name", default="corpus_throughput", help="results file: benchmarks/results/NAME.json")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--glob", default="**/*.md", help=argparse.SUPPRESS)
+    parser.add_argument("--num-cpus", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--root", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_once(args.child, args.glob, args.num_cpus, args.root)))
+        return 0
+    from common import write_result
+
+    with tempfile.TemporaryDirectory(prefix="corpus-bench-") as tmp:
+        data = Path(args.input) if args.input else Path(tmp) / "raw"
+        if not args.input:
+            started = time.monotonic()
+            size = generate(data, args.mb)
+            print(f"generated {size / 1e6:.1f} MB in {time.monotonic() - started:.0f}s under {data}", flush=True)
+        root = str(Path(tmp) / "out")
+        one = _child(str(data), "**/*.md", 1, root)
+        two = _child(str(data), "**/*.md", 2, root)
+        half = _child(str(data), "a/*.md", 2, root)
+    speedup = two["mb_per_s"] / one["mb_per_s"]
+    figures = {
+        "corpus_mb": one["mb"], "generated": not args.input,
+        "runs": {"cpus_1": one, "cpus_2": two, "cpus_2_half_corpus": half},
+        "speedup_2_vs_1_cpu": round(speedup, 3),
+        "mb_per_s_per_core_2cpus": two["mb_per_s_per_cpu"],
+        "mb_per_cpu_second": {"cpus_1": one["mb_per_cpu_second"], "cpus_2": two["mb_per_cpu_second"]},
+        "load_average_during_runs": {k: r["load_average_1min_before_after"]
+                                     for k, r in (("cpus_1", one), ("cpus_2", two), ("cpus_2_half", half))},
+        "peak_memory_full_vs_half_corpus": round(
+            two["peak_rss_all_ray_processes_mb"] / max(half["peak_rss_all_ray_processes_mb"], 1), 3),
+        "peak_pss_full_vs_half_corpus": round(
+            two.get("peak_pss_all_ray_processes_mb", 0) / max(half.get("peak_pss_all_ray_processes_mb", 0), 1), 3),
+        "peak_driver_uss_full_vs_half_corpus": round(
+            two.get("peak_uss_driver_mb", 0) / max(half.get("peak_uss_driver_mb", 0), 1), 3),
+        "targets": {"mb_per_s_per_core": 2.0, "speedup_2_vs_1": 1.6},
+        "note": "the corpus half of stage prepare (read, normalise, chunk, exact+near dedupe, parquet, publish); "
+                "pairs are not included",
+    }
+    print(json.dumps(figures, indent=2))
+    write_result(args.name, figures)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,159 @@
+"""The per-shard work Ray Data runs: read files, normalise, chunk, hash. No global state.
+
+:func:`process_files` is the ``map_batches`` function: one input row per file, and
+out come Arrow tables of rows of three kinds, in file order:
+
+- ``chunk``: one chunk with its ids, text, token count, exact key and MinHash signature;
+- ``reject``: one rejected record (``reject`` holds the rejects.jsonl line);
+- ``file``: one per file, last, with its byte count (progress and MB/s).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from mrlkit.config_schema import CorpusConfig
+from mrlkit.corpus.dedupe import NUM_PERM, canonical, exact_keys, minhash_signatures
+from mrlkit.corpus.readers import UNREADABLE, Document, Reject, read_file
+
+_HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
+DOC_BATCH = 256
+ROWS_PER_TABLE = 2048
+
+
+def schema() -> Any:
+    import pyarrow as pa
+
+    return pa.schema([
+        ("kind", pa.string()), ("chunk_id", pa.string()), ("doc_id", pa.string()), ("title", pa.string()),
+        ("text", pa.string()), ("source", pa.string()), ("heading", pa.string()), ("question", pa.string()),
+        ("group", pa.string()), ("chunk_index", pa.int32()), ("n_tokens", pa.int32()), ("key", pa.int64()),
+        ("sig", pa.binary(4 * NUM_PERM)), ("reject", pa.string()), ("bytes", pa.int64()),
+    ])
+
+
+@dataclass(frozen=True)
+class ShardOptions:
+    """What every shard needs; built once on the driver, pickled to workers."""
+
+    corpus: CorpusConfig
+    tokenizer: str | None  # None when chunking is off
+    max_tokens: int
+    overlap_tokens: int
+    signatures: bool  # near-duplicate detection wants MinHash signatures
+
+
+class _Rows:
+    """Column buffers that flush into Arrow tables of a fixed schema."""
+
+    def __init__(self) -> None:
+        self.schema = schema()
+        self.cols: dict[str, list[Any]] = {name: [] for name in self.schema.names}
+
+    def add(self, **values: Any) -> None:
+        for name, column in self.cols.items():
+            column.append(values.get(name))
+
+    def __len__(self) -> int:
+        return len(self.cols["kind"])
+
+    def take(self) -> Any:
+        import pyarrow as pa
+
+        table = pa.Table.from_pydict(self.cols, schema=self.schema)
+        self.cols = {name: [] for name in self.schema.names}
+        return table
+
+
+def process_files(batch: dict[str, Any], options: ShardOptions) -> Iterator[Any]:
+    """Ray Data ``map_batches`` function (generator): input columns ``uri``, ``rel``, ``fmt``."""
+    rows = _Rows()
+    chunker = _chunker(options)
+    for uri, rel, fmt in zip(batch["uri"], batch["rel"], batch["fmt"], strict=True):
+        data = _read(str(uri))
+        pending: list[Document] = []
+        if isinstance(data, Reject):
+            _add_reject(rows, Reject(str(rel), None, "line", UNREADABLE, data.detail))
+            size = 0
+        else:
+            size = len(data)
+            for record in read_file(str(fmt), str(rel), data, options.corpus):
+                if isinstance(record, Reject):
+                    _flush_docs(rows, pending, chunker, options)
+                    _add_reject(rows, record)
+                    continue
+                pending.append(record)
+                if len(pending) >= DOC_BATCH:
+                    _flush_docs(rows, pending, chunker, options)
+                if len(rows) >= ROWS_PER_TABLE:
+                    yield rows.take()
+            del data
+        _flush_docs(rows, pending, chunker, options)
+        rows.add(kind="file", source=str(rel), bytes=size)
+        if len(rows) >= ROWS_PER_TABLE:
+            yield rows.take()
+    if len(rows):
+        yield rows.take()
+
+
+def _read(uri: str) -> bytes | Reject:
+    from mrlkit import storage
+
+    fs, path = storage.pyarrow_filesystem(uri)
+    try:
+        with fs.open_input_stream(path) as fh:
+            return fh.read()
+    except OSError as exc:
+        return Reject(uri, None, "line", UNREADABLE, f"cannot read ({str(exc).splitlines()[0]})")
+
+
+def _add_reject(rows: _Rows, reject: Reject) -> None:
+    rows.add(kind="reject", source=reject.source, reject=json.dumps(reject.to_json(), sort_keys=True))
+
+
+def _chunker(options: ShardOptions) -> Any:
+    if options.tokenizer is None:
+        return None
+    from mrlkit.corpus.chunking import Chunker, load_backend
+
+    return Chunker(load_backend(options.tokenizer), options.max_tokens, options.overlap_tokens)
+
+
+def _flush_docs(rows: _Rows, docs: list[Document], chunker: Any, options: ShardOptions) -> None:
+    """Chunk, hash and sign a batch of documents (batched: tokenizer and MinHash are vectorised)."""
+    if not docs:
+        return
+    if chunker is None:
+        spans = [[(0, len(d.text), -1)] for d in docs]
+    else:
+        spans = chunker.chunk_texts([d.text for d in docs])
+    texts, meta = [], []
+    for doc, doc_spans in zip(docs, spans, strict=True):
+        headings = [(m.start(), m.group(1)) for m in _HEADING.finditer(doc.text)] if doc.title else []
+        for index, (start, end, n_tokens) in enumerate(doc_spans):
+            texts.append(doc.text[start:end])
+            meta.append((doc, index, n_tokens, _heading_at(headings, start), len(doc_spans)))
+    canon = [canonical(t) for t in texts]
+    keys = exact_keys(canon)
+    sigs = minhash_signatures(canon) if options.signatures else None
+    for i, (text, (doc, index, n_tokens, heading, count)) in enumerate(zip(texts, meta, strict=True)):
+        chunk_id = doc.doc_id if count == 1 and chunker is None else f"{doc.doc_id}#{index:04d}"
+        rows.add(kind="chunk", chunk_id=chunk_id, doc_id=doc.doc_id, title=doc.title, text=text, source=doc.source,
+                 heading=heading, question=doc.question, group=doc.group, chunk_index=index,
+                 n_tokens=n_tokens if n_tokens >= 0 else None, key=int(keys[i]),
+                 sig=sigs[i].tobytes() if sigs is not None else None)
+    docs.clear()
+
+
+def _heading_at(headings: list[tuple[int, str]], position: int) -> str | None:
+    """The last Markdown heading at or before ``position`` (the section a chunk belongs to)."""
+    found = None
+    for start, text in headings:
+        if start > position:
+            break
+        found = text
+    return found

@@ -1,0 +1,202 @@
+"""One pass over the chunk table: pairs from question columns, synthetic pairs, LLM questions or BEIR qrels.
+
+Every pair knows the chunk it came from (``chunk_id``); the split is decided per
+group before the pass (see :mod:`mrlkit.pairs.split`), so a pair lands on the side
+of its chunk's group. The evaluation corpus is every kept chunk; for a test pair
+made by inverse cloze, the corpus holds the chunk *without* the query sentence
+(the pair's positive), so the query is not found verbatim.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from mrlkit.config_schema import PipelineConfig
+from mrlkit.corpus.pipeline import ChunkTable
+from mrlkit.corpus.readers import EMPTY_QUESTION, Reject
+from mrlkit.errors import MrlkitError
+from mrlkit.pairs.qrels import Qrels
+from mrlkit.pairs.split import UnionFind, pick_test_groups, reference_split
+from mrlkit.pairs.synthetic import inverse_cloze, title_pair
+
+log = logging.getLogger(__name__)
+LLM_BATCH = 64
+
+
+@dataclass
+class PairSets:
+    """Everything the pairs folder holds, before writing."""
+
+    train: list[dict[str, Any]] = field(default_factory=list)
+    test: list[dict[str, Any]] = field(default_factory=list)
+    corpus: dict[str, str] = field(default_factory=dict)  # chunk_id -> eval text, in corpus order
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+    split: dict[str, Any] = field(default_factory=dict)
+
+
+def build_pairs(cfg: PipelineConfig, chunks: ChunkTable, qrels: Qrels | None = None, llm: Any = None) -> PairSets:
+    if cfg.pairs.split.mode == "reference":
+        return _reference(cfg, chunks)
+    out = PairSets()
+    comp, test_side = _groups(cfg, chunks, _judged(chunks, qrels) if cfg.pairs.source == "qrels" else None)
+    source = cfg.pairs.source
+    seed = cfg.pairs.split.seed
+    seen_sections: set[tuple[str, str | None]] = set()
+    pending: list[tuple[str, str, str]] = []
+    for i, row in chunks.iter_rows():
+        target = i if chunks.keep[i] else int(chunks.dup_of[i])
+        if target < 0:
+            continue
+        cid = chunks.chunk_ids[target]
+        side = "test" if comp[target] in test_side else "train"
+        if chunks.keep[i]:
+            out.corpus[cid] = row["text"]
+        if source == "columns":
+            if not row["question"]:
+                out.rejects.append(Reject(row["source"].rsplit(":", 1)[0], _line(row["source"]), "line",
+                                          EMPTY_QUESTION, f"column {cfg.corpus.columns.question!r} is empty").to_json())
+                continue
+            _emit(out, side, row["question"], row["text"], cid, "question")
+        elif source == "synthetic" and chunks.keep[i]:
+            methods = cfg.pairs.synthetic.methods
+            if "inverse_cloze" in methods:
+                ict = inverse_cloze(cid, row["text"], cfg.pairs.synthetic, seed)
+                if side == "test" and ict:
+                    ict = ict[:1]  # the eval corpus can hold only one "chunk minus sentence" per chunk
+                    out.corpus[cid] = ict[0].positive
+                for pair in ict:
+                    _emit(out, side, pair.anchor, pair.positive, cid, pair.method)
+            section = (row["doc_id"], row["heading"])
+            if "title" in methods and section not in seen_sections:
+                seen_sections.add(section)
+                pair = title_pair(row["title"], row["heading"], row["text"])
+                if pair is not None:
+                    _emit(out, side, pair.anchor, pair.positive, cid, pair.method)
+        elif source == "llm" and chunks.keep[i]:
+            pending.append((cid, row["text"], side))
+            if len(pending) >= LLM_BATCH:
+                _flush_llm(out, pending, llm)
+    if pending:
+        _flush_llm(out, pending, llm)
+    if source == "qrels":
+        _qrels_pairs(out, chunks, qrels, comp, test_side)
+    out.split = {"mode": "group", "group_by": cfg.corpus.columns.group or "doc_id", "seed": seed,
+                 "test_fraction": cfg.pairs.split.test_fraction, "test_groups": sorted(test_side),
+                 "groups": len(set(comp[i] for i in range(len(comp)) if chunks.keep[i]))}
+    return out
+
+
+def _emit(out: PairSets, side: str, anchor: str, positive: str, cid: str, method: str) -> None:
+    out.counts[f"{side}_{method}"] += 1
+    if side == "train":
+        out.train.append({"anchor": anchor, "positive": positive, "chunk_id": cid, "method": method})
+    else:
+        qid = f"q{len(out.test):07d}"
+        out.test.append({"query_id": qid, "anchor": anchor, "positive": positive, "relevant_ids": [cid],
+                         "chunk_id": cid, "method": method})
+
+
+def _line(source: str) -> int | None:
+    tail = source.rsplit(":", 1)[-1]
+    return int(tail) if tail.isdigit() else None
+
+
+def _judged(chunks: ChunkTable, qrels: Qrels | None) -> set[int]:
+    """Chunks some query is judged relevant to (a BEIR test side is drawn from these)."""
+    if qrels is None:
+        raise MrlkitError("pairs.source 'qrels' needs a BEIR input folder (corpus.format: beir)")
+    wanted = {doc for docs in qrels.relevant.values() for doc in docs}
+    return {i for i, cid in enumerate(chunks.chunk_ids) if cid in wanted}
+
+
+def _groups(cfg: PipelineConfig, chunks: ChunkTable, among: set[int] | None = None) -> tuple[list[str], set[str]]:
+    """Per chunk, the name of its merged group; and the set of test groups (drawn from ``among`` if given)."""
+    labels = [row["group"] or row["doc_id"] for _, row in chunks.iter_rows(("doc_id", "group"))]
+    uf = UnionFind()
+    first_with_key: dict[int, int] = {}
+    for i, key in enumerate(chunks.keys.tolist()):
+        uf.find(labels[i])
+        if chunks.dup_of[i] >= 0:
+            uf.union(labels[i], labels[int(chunks.dup_of[i])])
+        j = first_with_key.setdefault(key, i)
+        if j != i:  # identical text under two groups (dedupe off): the groups must stay together
+            uf.union(labels[i], labels[j])
+    comp = [uf.find(label) for label in labels]
+    live = {comp[i] for i in range(len(comp)) if chunks.keep[i] and (among is None or i in among)}
+    return comp, pick_test_groups(live, cfg.pairs.split.test_fraction, cfg.pairs.split.seed)
+
+
+def _flush_llm(out: PairSets, pending: list[tuple[str, str, str]], llm: Any) -> None:
+    answers = llm.generate([text for _, text, _ in pending])
+    for (cid, text, side), questions in zip(pending, answers, strict=True):
+        if questions is None:
+            out.counts["llm_failed_chunks"] += 1
+            continue
+        if not questions:
+            out.counts["llm_no_question_chunks"] += 1
+        for q in questions[:1] if side == "test" else questions:
+            _emit(out, side, q, text, cid, "llm")
+    pending.clear()
+
+
+def _qrels_pairs(out: PairSets, chunks: ChunkTable, qrels: Qrels | None, comp: list[str],
+                 test_side: set[str]) -> None:
+    """BEIR: (query, relevant document) pairs; a query's side is its documents' (merged) group."""
+    if qrels is None:
+        raise MrlkitError("pairs.source 'qrels' needs a BEIR input folder (corpus.format: beir)")
+    index = {cid: i for i, cid in enumerate(chunks.chunk_ids)}
+    for qid in sorted(qrels.relevant):
+        if qid not in qrels.queries:
+            out.counts["qrels_unknown_query"] += 1
+            continue
+        targets = []
+        for doc in qrels.relevant[qid]:
+            i = index.get(doc)
+            if i is None:
+                out.counts["qrels_unknown_document"] += 1
+                continue
+            t = i if chunks.keep[i] else int(chunks.dup_of[i])
+            if t >= 0 and chunks.chunk_ids[t] not in targets:
+                targets.append(chunks.chunk_ids[t])
+        if not targets:
+            continue
+        sides = {"test" if comp[index[t]] in test_side else "train" for t in targets}
+        side = "test" if sides == {"test"} else "train"
+        if len(sides) > 1:  # documents of one query split across sides: keep it in train only
+            targets = [t for t in targets if comp[index[t]] not in test_side]
+        if side == "test":
+            out.counts["test_qrels"] += 1
+            out.test.append({"query_id": qid, "anchor": qrels.queries[qid], "positive": out.corpus[targets[0]],
+                             "relevant_ids": targets, "chunk_id": targets[0], "method": "qrels"})
+        else:
+            for t in targets:
+                _emit(out, "train", qrels.queries[qid], out.corpus[t], t, "qrels")
+
+
+def _reference(cfg: PipelineConfig, chunks: ChunkTable) -> PairSets:
+    """DESIGN.md's reference split: every row is a pair and its context has its own id."""
+    out = PairSets()
+    rows = []
+    for i, row in chunks.iter_rows():
+        if not chunks.keep[i]:
+            continue
+        if not row["question"]:
+            out.rejects.append(Reject(row["source"].rsplit(":", 1)[0], _line(row["source"]), "line", EMPTY_QUESTION,
+                                      f"column {cfg.corpus.columns.question!r} is empty").to_json())
+            continue
+        rows.append((chunks.chunk_ids[i], row["question"], row["text"]))
+    train, test = reference_split(rows, cfg.pairs.split.test_fraction, cfg.pairs.split.seed)
+    for cid, _question, text in rows:
+        out.corpus[cid] = text
+    for cid, question, text in train:
+        _emit(out, "train", question, text, cid, "question")
+    for cid, question, text in test:
+        _emit(out, "test", question, text, cid, "question")
+    out.split = {"mode": "reference", "seed": cfg.pairs.split.seed, "test_fraction": cfg.pairs.split.test_fraction,
+                 "rows": len(rows), "train": len(train), "test": len(test),
+                 "rule": "drop empty questions; random.Random(seed).shuffle(rows); first int(n*test_fraction) are test"}
+    return out

@@ -1,0 +1,77 @@
+"""Exact and near-duplicate detection: first occurrence wins, across batches (shards), deterministic."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import numpy as np
+import pytest
+
+from mrlkit.corpus.dedupe import GlobalDeduper, band_rows, canonical, exact_keys, minhash_signatures
+
+
+def _texts(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    vocab = [f"w{i}" for i in range(3000)]
+    return [" ".join(rng.choice(vocab) for _ in range(120)) for _ in range(n)]
+
+
+def _run(texts: list[str], mode: str, threshold: float = 0.8, shards: int = 3):
+    canon = [canonical(t) for t in texts]
+    keys, sigs = exact_keys(canon), minhash_signatures(canon)
+    dedupe = GlobalDeduper(mode, threshold)
+    bounds = np.linspace(0, len(texts), shards + 1).astype(int)
+    for lo, hi in itertools.pairwise(bounds):  # each shard adds its own slice, like Ray blocks
+        dedupe.add(keys[lo:hi], sigs[lo:hi])
+    return dedupe.duplicates()
+
+
+def test_exact_ignores_case_and_whitespace_and_crosses_shards():
+    texts = _texts(30)
+    texts[25] = "  " + texts[2].upper().replace(" ", "\n  ")  # same text, other shard
+    exact, near, dup_of = _run(texts, "exact")
+    assert np.flatnonzero(exact).tolist() == [25] and dup_of[25] == 2 and not near.any()
+
+
+def test_near_duplicates_found_across_shards_and_unrelated_kept():
+    texts = _texts(60)
+    words = texts[3].split()
+    words[60] = "edited"  # one word of 120 changed: Jaccard over shingles ~0.9
+    texts[50] = " ".join(words)
+    exact, near, dup_of = _run(texts, "near", threshold=0.8)
+    assert np.flatnonzero(near).tolist() == [50] and dup_of[50] == 3 and not exact.any()
+    _, near_strict, _ = _run(texts, "near", threshold=0.99)
+    assert not near_strict.any()
+
+
+def test_modes_none_and_exact_do_not_flag_near():
+    texts = _texts(10)
+    texts[9] = texts[0] + " extra"
+    for mode in ("none", "exact"):
+        exact, near, _ = _run(texts, mode)
+        assert not near.any() and not exact.any()
+
+
+def test_excluded_rows_are_neither_kept_nor_originals():
+    texts = _texts(5)
+    texts[4] = texts[1]
+    canon = [canonical(t) for t in texts]
+    dedupe = GlobalDeduper("near", 0.9)
+    dedupe.add(exact_keys(canon), minhash_signatures(canon))
+    exclude = np.array([False, True, False, False, False])
+    exact, near, _dup_of = dedupe.duplicates(exclude=exclude)
+    assert not exact.any() and not near.any()  # row 4 becomes the first (kept) copy
+
+
+def test_signatures_are_deterministic_and_batch_independent():
+    canon = [canonical(t) for t in _texts(7)]
+    whole = minhash_signatures(canon)
+    assert np.array_equal(whole, minhash_signatures(canon, group=2))
+    assert np.array_equal(whole[3], minhash_signatures([canon[3]])[0])
+    assert whole.dtype == np.uint32 and whole.shape == (7, 64)
+
+
+@pytest.mark.parametrize(("threshold", "rows"), [(0.9, 4), (0.5, 2), (0.2, 1)])
+def test_band_rows(threshold, rows):
+    assert band_rows(threshold) == rows
