@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 from common import RESULTS, write_result
-
 from mrlkit.config import config_to_dict, load_config
 from mrlkit.errors import MrlkitError
 from mrlkit.ray_runtime import init_ray
