@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -37,6 +36,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from common import machine_info
 
 SHAPES = {  # hidden, layers, heads
     "tiny": (32, 2, 2),
@@ -151,20 +152,6 @@ def flops_per_pair(model_dir: str, seq_len: int, pairs_uri: str) -> tuple[float,
     return 2 * tokens_per_text * per_token, 2 * tokens_per_text
 
 
-def machine() -> dict[str, Any]:
-    import ray
-    import sentence_transformers
-    import torch
-    import transformers
-
-    info = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "ray": ray.__version__, "transformers": transformers.__version__,
-            "sentence_transformers": sentence_transformers.__version__, "device": "cpu"}
-    if torch.cuda.is_available():
-        info["device"] = torch.cuda.get_device_name(0)
-    return info
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-shape", choices=sorted(SHAPES), default="mini")
@@ -222,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         for m in modes:
             figures[m]["mfu"] = round(figures[m]["pairs_per_s_median"] * flops / (args.peak_tflops * 1e12), 4)
     report = {"benchmark": "train_throughput",
-              "machine": {**machine(), "loadavg_1m_before": load_before[0], "loadavg_1m_after": os.getloadavg()[0]},
+              # machine_info reads package metadata only: this script also runs where Ray is not installed
+              "machine": {**machine_info(), "loadavg_1m_before": load_before[0],
+                          "loadavg_1m_after": os.getloadavg()[0]},
               "command": " ".join([Path(sys.executable).name, *sys.argv]),
               "setup": {"model_shape": args.model_shape, "hidden": hidden, "layers": layers, "pairs": args.pairs,
                         "batch_size": args.batch_size, "seq_len": args.seq_len, "epochs": args.epochs,

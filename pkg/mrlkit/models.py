@@ -77,18 +77,10 @@ def _offline_copy(ref: str) -> Path | None:
     weights = model_dir / "model.safetensors"
     if not weights.is_file():
         raise ModelError(f"package {package} is installed but has no {weights.name}; reinstall it")
-    actual = _sha256(weights)
+    actual = storage.sha256_file(weights)
     if actual != sha256:
         raise ModelError(f"{weights}: sha256 {actual} does not match the published {sha256}; reinstall {package}")
     return model_dir
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _download_published(uri: str) -> Path:

@@ -402,7 +402,8 @@ def check_reachable(uri: str) -> None:
 # -- atomic publish of a folder ------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a local file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -419,7 +420,7 @@ def publish_dir(local_dir: str | Path, uri: str, extra: dict[str, Any] | None = 
     src = Path(local_dir)
     files = sorted(p for p in src.rglob("*") if p.is_file())
     marker = {
-        "files": {p.relative_to(src).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files},
+        "files": {p.relative_to(src).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in files},
         "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **(extra or {}),
     }
@@ -487,7 +488,7 @@ def download_published(uri: str, local_dir: str | Path, verify: bool = True) -> 
     for rel, meta in marker["files"].items():
         target = dest / rel
         download_file(join(uri, rel), target)
-        if verify and (target.stat().st_size != meta["size"] or _sha256(target) != meta["sha256"]):
+        if verify and (target.stat().st_size != meta["size"] or sha256_file(target) != meta["sha256"]):
             raise StorageError(f"{join(uri, rel)}: content does not match its publish marker (corrupt or replaced)")
     (dest / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
     return marker
