@@ -46,8 +46,9 @@ def test_hub_id_offline_fails_clearly():
 def test_s3_model_is_downloaded_once_and_verified(tiny_model, s3_root, tmp_path, monkeypatch):
     monkeypatch.setenv("MRLKIT_CACHE", str(tmp_path / "cache"))
     uri = storage.join(s3_root, "models", "run1")
-    models.write_metadata(tiny_model, models.MrlMetadata(base_model="tiny", matryoshka_dims=[32, 16, 8]))
-    storage.publish_dir(tiny_model, uri)
+    model_dir = shutil.copytree(tiny_model, tmp_path / "model")  # the session's tiny_model stays untouched
+    models.write_metadata(model_dir, models.MrlMetadata(base_model="tiny", matryoshka_dims=[32, 16, 8]))
+    storage.publish_dir(model_dir, uri)
     first = models.resolve_model(uri)
     marker_mtime = (models.Path(first) / storage.MARKER).stat().st_mtime
     assert models.resolve_model(uri) == first, "second resolve uses the cache"

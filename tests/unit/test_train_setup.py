@@ -96,16 +96,19 @@ def test_missing_base_model_fails_in_setup(tmp_path):
         TrainStage(cfg).setup()
 
 
-def test_good_config_passes_setup_without_ray(tmp_path, tiny_model):
+def test_good_config_passes_setup_without_ray(tmp_path, tiny_model, monkeypatch):
     import ray
 
+    def no_ray(*args, **kwargs):
+        raise AssertionError("setup() must not start or join Ray: it runs before any worker")
+
+    monkeypatch.setattr(ray, "init", no_ray)  # whether another test left Ray running does not matter
     cfg = config(str(tmp_path), tiny_model)
     publish_pairs(layout.pairs_uri(cfg))
     stage = TrainStage(cfg)
     stage.setup()
     assert stage.existing is None
     assert stage.metric == "eval_heldout_dim32_ndcg@10"
-    assert not ray.is_initialized()
 
 
 def test_model_width_is_read_from_module_configs(tiny_model, tmp_path):
