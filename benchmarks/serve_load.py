@@ -140,11 +140,11 @@ def main() -> int:
     raw_before = raw_by_threads[threads]
     print(f"raw encode (before): {raw_before['texts_per_s']} texts/s on {threads} thread(s)", flush=True)
 
-    import httpx
     import ray
     from ray import serve
 
     from mrlkit.serve.app import AppArgs, EmbeddingsDeployment
+    from mrlkit.testing.http import wait_for_status
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     with socket.socket() as s:
@@ -159,13 +159,7 @@ def main() -> int:
                                            "env_vars": {"OMP_NUM_THREADS": str(threads)}}}).bind(args)
     serve.run(app, name="bench", route_prefix="/", blocking=False)
     base = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{base}/health", timeout=5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
+    wait_for_status(f"{base}/health", timeout_s=300, interval_s=1.0)  # never measure an app that is not up
     handle = serve.get_deployment_handle("Embeddings", app_name="bench")
     url = f"{base}/v1/embeddings"
     asyncio.run(run_load(url, texts, dims, clients=4, max_requests=40, seconds=30, max_texts=ns.max_texts, seed=1))

@@ -5,33 +5,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import shutil
-import time
 
 import httpx
 import numpy as np
 import pytest
 
 from mrlkit.models import MrlMetadata, write_metadata
+from mrlkit.testing.http import wait_for_status
 from mrlkit.testing.s3_server import free_port
 
 TRAINED_DIMS = [32, 16, 8]
 MAX_INPUTS = 8
 MAX_BYTES = 20_000
-
-
-def wait_until(url: str, status: int = 200, timeout_s: float = 90.0) -> httpx.Response:
-    deadline = time.monotonic() + timeout_s
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            response = httpx.get(url, timeout=5)
-            if response.status_code == status:
-                return response
-            last = response.status_code
-        except httpx.HTTPError as exc:
-            last = exc
-        time.sleep(0.5)
-    raise AssertionError(f"{url} did not answer {status} in {timeout_s}s (last: {last})")
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +51,8 @@ def server(ray_local, mrl_model):
                         name="broken", route_prefix="/broken"),
     ])
     base = f"http://127.0.0.1:{port}"
-    wait_until(f"{base}/health")
-    wait_until(f"{base}/strict/health")
+    wait_for_status(f"{base}/health")
+    wait_for_status(f"{base}/strict/health")
     yield base
     serve.shutdown()
 
@@ -138,14 +123,14 @@ def test_models_and_health_routes(server):
 
 
 def test_a_model_that_cannot_load_reports_not_ready_with_the_reason(server, mrl_model):
-    response = wait_until(server + "/broken/health", status=503)
+    response = wait_for_status(server + "/broken/health", status=503)
     assert response.json()["status"] == "not_ready"
     assert "tiny-mrl-missing" in response.json()["reason"] and "does not exist" in response.json()["reason"]
     refused = post(server, {"input": "x"}, path="/broken/v1/embeddings")
     assert refused.status_code == 503 and "does not exist" in refused.json()["error"]["message"]
     # The replica stayed up (no restart loop) and picks the model up once it appears.
     shutil.copytree(mrl_model, mrl_model + "-missing")
-    assert wait_until(server + "/broken/health", status=200, timeout_s=60).json()["status"] == "ok"
+    assert wait_for_status(server + "/broken/health", status=200, timeout_s=60).json()["status"] == "ok"
     assert vectors(post(server, {"input": "x", "dimensions": 8}, path="/broken/v1/embeddings")).shape == (1, 8)
 
 

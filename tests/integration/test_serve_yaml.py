@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from mrlkit.models import MrlMetadata, write_metadata
+from mrlkit.testing.http import wait_for_status
 from mrlkit.testing.ray_head import LocalRayHead
 from mrlkit.testing.s3_server import free_port
 
@@ -59,17 +60,7 @@ def client_env(head: LocalRayHead) -> dict[str, str]:
 
 
 def wait_healthy(port: int, proc: subprocess.Popen | None = None, timeout_s: float = 240) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"serve run exited early with {proc.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise AssertionError(f"app on port {port} not healthy after {timeout_s}s")
+    wait_for_status(f"http://127.0.0.1:{port}/health", timeout_s=timeout_s, proc=proc, interval_s=1.0)
 
 
 def check_embeddings(port: int) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 
 import httpx
 import pytest
@@ -19,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mrlkit.models import MrlMetadata, write_metadata
+from mrlkit.testing.http import wait_for_status
 from mrlkit.testing.s3_server import free_port
 
 DIMS = [32, 16, 8]
@@ -26,20 +26,6 @@ GOOD = {"input": ["a good request"], "dimensions": 16}
 TALLY = {"requests": 0, "status_5xx": 0, "bad_error_body": 0, "good_failed": 0, "by_status": {}}
 SETTINGS = settings(max_examples=150, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-
-
-def wait_until(url: str, timeout_s: float = 120.0) -> None:
-    deadline, last = time.monotonic() + timeout_s, None
-    while time.monotonic() < deadline:
-        try:
-            response = httpx.get(url, timeout=5)
-            if response.status_code == 200:
-                return
-            last = response.status_code
-        except httpx.HTTPError as exc:
-            last = exc
-        time.sleep(0.5)
-    raise AssertionError(f"{url} did not answer 200 in {timeout_s}s (last: {last})")
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +44,7 @@ def endpoint(ray_local, tiny_model, tmp_path_factory):
     serve.run(EmbeddingsDeployment.options(name="Fuzz", ray_actor_options={"num_cpus": 0.25}).bind(args),
               name="fuzz", route_prefix="/fuzz")
     base = f"http://127.0.0.1:{port}/fuzz"
-    wait_until(f"{base}/health")
+    wait_for_status(f"{base}/health", timeout_s=120.0)
     with httpx.Client(base_url=base, timeout=60) as client:
         yield client
     serve.delete("fuzz")
