@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	@touch $@
 
-venv: $(STAMP) ## create .venv with torch ($(TORCH_SPEC)) and mrlkit[$(EXTRAS)]
+venv: $(STAMP) ## create .venv: torch first (TORCH_SPEC, default torch==2.13.0 CPU), then mrlkit[dev,offline]
 
 demo: $(STAMP) ## the whole pipeline on an embedded Ray and local storage (STORAGE=s3 for a local S3 server)
 	$(PY) -m mrlkit.demo --config $(CONFIG) --storage $(STORAGE)
