@@ -23,6 +23,7 @@ import difflib
 import hashlib
 import json
 import math
+import os
 import re
 import types
 import typing
@@ -33,6 +34,7 @@ import yaml
 
 from mrlkit.config_schema import PipelineConfig, Problem
 from mrlkit.errors import ConfigError
+from mrlkit.storage import is_s3_uri
 
 __all__ = ["PipelineConfig", "config_from_dict", "config_hash", "config_to_dict", "load_config"]
 
@@ -100,6 +102,36 @@ def config_from_dict(data: dict[str, Any]) -> PipelineConfig:
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """Plain, JSON-ready data for a config (tuples become lists)."""
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def with_absolute_paths(cfg: PipelineConfig) -> PipelineConfig:
+    """``cfg`` with its relative local paths made absolute against this process's folder.
+
+    Why: Ray Train runs each worker in a folder of its own (the run's artifacts folder),
+    so ``./mrlkit-data`` in a worker is not the driver's ``./mrlkit-data``. Stages call
+    this in the driver, before any config travels to a worker. ``s3://`` URIs and hub
+    ids are left alone; a model reference counts as a path when it starts with ``.``,
+    ``/`` or ``~`` or names an existing folder (the rule of :func:`mrlkit.models.resolve_model`).
+    """
+
+    def local(uri: str | None) -> str | None:
+        if uri is None or is_s3_uri(uri):
+            return uri
+        return os.path.abspath(os.path.expanduser(uri))
+
+    def model(ref: str | None) -> str | None:
+        if ref is None or is_s3_uri(ref) or not (ref.startswith((".", "/", "~")) or Path(ref).is_dir()):
+            return ref
+        return os.path.abspath(os.path.expanduser(ref))
+
+    return dataclasses.replace(
+        cfg,
+        storage=dataclasses.replace(cfg.storage, root=local(cfg.storage.root)),
+        corpus=dataclasses.replace(cfg.corpus, input=local(cfg.corpus.input)),
+        train=dataclasses.replace(cfg.train, base_model=model(cfg.train.base_model)),
+        evaluate=dataclasses.replace(cfg.evaluate, models=tuple(model(m) for m in cfg.evaluate.models)),
+        serve=dataclasses.replace(cfg.serve, model=model(cfg.serve.model)),
+    )
 
 
 def config_hash(cfg: Any) -> str:

@@ -18,6 +18,7 @@ import sys
 import time
 from typing import Any, Protocol
 
+from mrlkit.config import with_absolute_paths
 from mrlkit.config_schema import PipelineConfig
 
 log = logging.getLogger("mrlkit")
@@ -49,7 +50,7 @@ def configure_logging(verbose: bool = False) -> None:
 def run_stage(stage_cls: type[Stage], cfg: PipelineConfig) -> dict[str, Any]:
     """Construct, set up, run and clean up a stage; log one summary line at the end."""
     started = time.monotonic()
-    stage = stage_cls(cfg)
+    stage = stage_cls(with_absolute_paths(cfg))
     try:
         stage.setup()
         summary = stage.run()

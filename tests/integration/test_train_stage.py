@@ -163,3 +163,13 @@ def test_worker_group_larger_than_the_local_ray_fails_before_workers_start(ray_l
     with pytest.raises(ConfigError, match=r"train.num_workers=3 .* needs 3 CPU \(the cluster has 2\)"):
         run_stage(TrainStage, cfg)
     assert not storage.list_files(layout.run_uri(cfg))  # no Ray Train run was started
+
+
+def test_relative_storage_root_means_the_drivers_folder_not_the_workers(ray_local, tmp_path, tiny_model, monkeypatch):
+    # Ray Train runs workers in a folder of their own; `./data` must still be the driver's ./data.
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_config("./data", tiny_model, run="relative", num_workers=1, max_steps=2, eval_steps=2)
+    write_pairs(layout.pairs_uri(cfg), n_train=16, n_test=4)
+    summary = run_stage(TrainStage, cfg)
+    assert summary["global_step"] == 2
+    assert storage.is_published(str(tmp_path / "data" / "models" / "relative"))

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from mrlkit.config import apply_override, config_from_dict, config_hash, config_to_dict, load_config
+from mrlkit.config import (
+    apply_override,
+    config_from_dict,
+    config_hash,
+    config_to_dict,
+    load_config,
+    with_absolute_paths,
+)
 from mrlkit.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "ray_jobs" / "configs").glob("*.yaml"))
@@ -175,3 +182,17 @@ def test_yaml_no_is_the_word_when_it_is_a_choice(tmp_path):
     assert load_config(path).train.eval_strategy == "no"
     with pytest.raises(ConfigError, match="choose one of"):
         load_config(path, ["train.loss=no"])
+
+
+def test_with_absolute_paths_anchors_local_paths_at_this_folder_and_leaves_uris_and_hub_ids(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my-model").mkdir()
+    cfg = load_config(None, ["name=x", "storage.root=./data", "corpus.input=raw/docs", "train.base_model=my-model",
+                             "evaluate.models=[org/hub-model, ./other]", "serve.model=s3://bucket/models/x"])
+    absolute = with_absolute_paths(cfg)
+    assert absolute.storage.root == str(tmp_path / "data")
+    assert absolute.corpus.input == str(tmp_path / "raw" / "docs")
+    assert absolute.train.base_model == str(tmp_path / "my-model")
+    assert absolute.evaluate.models == ("org/hub-model", str(tmp_path / "other"))
+    assert absolute.serve.model == "s3://bucket/models/x"
+    assert with_absolute_paths(load_config(None, ["name=x", "storage.root=s3://bkt/p"])).storage.root == "s3://bkt/p"
