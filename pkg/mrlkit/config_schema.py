@@ -181,6 +181,10 @@ class HardNegativesConfig:
         _positive("range_min", self.range_min, 0)
         if self.range_max <= self.range_min:
             raise Problem("range_max", f"must be greater than range_min ({self.range_min}), got {self.range_max}")
+        if self.num_negatives > self.range_max - self.range_min:
+            raise Problem("num_negatives", f"{self.num_negatives} negatives cannot come from ranks {self.range_min}.."
+                          f"{self.range_max}; num_negatives must be <= range_max - range_min "
+                          f"({self.range_max - self.range_min})")
         _positive("batch_size", self.batch_size)
 
 
