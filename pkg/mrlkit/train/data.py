@@ -29,7 +29,6 @@ def text_columns(names: list[str]) -> list[str]:
 
 def load_train_dataset(pairs_uri: str, max_pairs: int | None = None) -> Any:
     """The ``train`` split as a ``datasets.Dataset`` of text columns (the first ``max_pairs`` rows if set)."""
-    from datasets import Dataset
 
     try:
         table = layout.read_table(pairs_uri, "train")
@@ -44,15 +43,27 @@ def load_train_dataset(pairs_uri: str, max_pairs: int | None = None) -> Any:
         if table.column(name).null_count:
             raise PairsError(f"{storage.join(pairs_uri, 'train')}: column {name!r} has "
                              f"{table.column(name).null_count} empty (null) values")
-    return Dataset(table.combine_chunks())
+    return _in_memory_dataset(table)
 
 
 def load_eval_dataset(pairs_uri: str) -> Any:
     """The ``test`` split's (anchor, positive) pairs, for the evaluation loss."""
-    from datasets import Dataset
 
     table = layout.read_table(pairs_uri, "test", columns=list(layout.PAIR_TEXT_COLUMNS))
-    return Dataset(table.combine_chunks())
+    return _in_memory_dataset(table)
+
+
+def _in_memory_dataset(table: Any) -> Any:
+    """A ``datasets.Dataset`` over ``table`` without hashing it for a fingerprint.
+
+    Why: without a fingerprint, ``datasets`` pickles the whole table with dill to hash it, which
+    costs time on large pair sets and, inside Ray workers, leaks dill's bytecode disassembly
+    into the job log. An in-memory dataset writes no cache files, so a random fingerprint is safe.
+    """
+    from datasets import Dataset
+    from datasets.fingerprint import generate_random_fingerprint
+
+    return Dataset(table.combine_chunks(), fingerprint=generate_random_fingerprint())
 
 
 def has_hard_negatives(dataset: Any) -> bool:
