@@ -173,3 +173,16 @@ def test_relative_storage_root_means_the_drivers_folder_not_the_workers(ray_loca
     summary = run_stage(TrainStage, cfg)
     assert summary["global_step"] == 2
     assert storage.is_published(str(tmp_path / "data" / "models" / "relative"))
+
+
+@pytest.mark.slow
+def test_two_workers_cached_loss_gathered_and_early_stopping_stop_together(ray_local, tmp_path, tiny_model):
+    # A learning rate of ~0 keeps NDCG@10 flat, so patience 1 must stop both workers at the second
+    # evaluation (step 8 of 40); a rank that stopped alone would hang the other in its next collective.
+    cfg = tiny_config(str(tmp_path / "root"), tiny_model, run="early", loss="cached_mnrl", mini_batch_size=4,
+                      gather_across_devices="true", learning_rate=1e-12, max_steps=40,
+                      early_stopping_patience=1)
+    write_pairs(layout.pairs_uri(cfg))
+    summary = run_stage(TrainStage, cfg)
+    assert summary["global_step"] == 8, summary
+    assert storage.is_published(layout.model_uri(cfg))
