@@ -11,7 +11,9 @@ uses their mean). Clients ask for
 ``encoding_format: base64``, as the OpenAI Python client does by default.
 
 ``--soak-seconds S`` runs the load for S seconds instead (no request bound) and reports the
-replica's RSS at start and end (reliability work: a leak shows as steady growth).
+replica's RSS at start and end and the p99 of each half (reliability work: a leak shows as steady
+growth, a slowdown as a second-half p99 far above the first). ``tests/reliability/test_serve_faults.py``
+runs the same soak (:func:`soak`) for ``MRLKIT_SOAK_SECONDS`` and imports :func:`run_load` for its fault test.
 Writes ``benchmarks/results/serve_load.json`` (or ``--name``).
 """
 
@@ -24,6 +26,7 @@ import random
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,20 +70,53 @@ def raw_encode_throughput(model: str, texts: list[str], batch_size: int, seconds
             "batch_size": batch_size, "torch_threads": torch.get_num_threads(), "full_dim": emb.full_dim}
 
 
+def answer_key(response: Any, n_inputs: int) -> str:
+    """How one answer is counted: ``"200"``, ``"bad_response"`` (a 200 with the wrong number of vectors), the
+    status for a well-formed OpenAI-style error body, or ``"<status>_not_openai_error"`` for any other body."""
+    if response.status_code == 200:
+        try:
+            return "200" if len(response.json()["data"]) == n_inputs else "bad_response"
+        except (ValueError, KeyError, TypeError):
+            return "bad_response"
+    try:
+        error = response.json()["error"]
+        well_formed = isinstance(error["message"], str) and bool(error["message"]) and isinstance(error["type"], str)
+    except (ValueError, KeyError, TypeError):
+        well_formed = False
+    return str(response.status_code) if well_formed else f"{response.status_code}_not_openai_error"
+
+
+def p99_halves(timeline: list[tuple[float, float, str]], started: float, elapsed: float) -> dict[str, float | None]:
+    """p99 latency (ms) of the requests sent in the first and in the second half of the run."""
+    middle = started + elapsed / 2
+    first = [latency for sent, latency, _ in timeline if sent < middle]
+    second = [latency for sent, latency, _ in timeline if sent >= middle]
+    return {"first": percentile(first, 99), "second": percentile(second, 99)}
+
+
 async def run_load(url: str, texts: list[str], dims: list[int], *, clients: int, max_requests: int | None,
-                   seconds: float, max_texts: int, seed: int) -> dict[str, Any]:
+                   seconds: float, max_texts: int, seed: int, timeline: list[tuple[float, float, str]] | None = None,
+                   should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """``clients`` concurrent clients post 1-``max_texts`` texts with a random dimension each, until ``max_requests``
+    requests, ``seconds`` or ``should_stop()``. Every answer is appended to ``timeline`` (when given) as
+    ``(time.perf_counter() when sent, latency s, answer key)``, so callers can see what failed when."""
     import httpx
 
     rng = random.Random(seed)
-    latencies: list[float] = []
+    timeline = [] if timeline is None else timeline
     statuses: dict[str, int] = {}
+    error_samples: dict[str, str] = {}  # the first answer body (or exception) of each failing kind, to show what broke
     sent_texts = 0
     issued = 0
     deadline = time.perf_counter() + seconds
 
+    def more() -> bool:
+        return (time.perf_counter() < deadline and (max_requests is None or issued < max_requests)
+                and not (should_stop is not None and should_stop()))
+
     async def client(http: httpx.AsyncClient) -> None:
         nonlocal sent_texts, issued
-        while time.perf_counter() < deadline and (max_requests is None or issued < max_requests):
+        while more():
             issued += 1
             n = rng.randint(1, max_texts)
             start = rng.randrange(len(texts))
@@ -88,27 +124,50 @@ async def run_load(url: str, texts: list[str], dims: list[int], *, clients: int,
             t0 = time.perf_counter()
             try:
                 response = await http.post(url, json=body)
-                key = str(response.status_code)
-                if response.status_code == 200 and len(response.json()["data"]) != n:
-                    key = "bad_response"
-            except httpx.HTTPError as exc:
-                key = type(exc).__name__
-            latencies.append(time.perf_counter() - t0)
+                key, detail = answer_key(response, n), response.text
+            except httpx.HTTPError as exc:  # a connection error or a timeout: counted by its kind
+                key, detail = type(exc).__name__, str(exc)
+            if key != "200":
+                error_samples.setdefault(key, detail[:300])
+            timeline.append((t0, time.perf_counter() - t0, key))
             statuses[key] = statuses.get(key, 0) + 1
             if key == "200":
                 sent_texts += n
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     started = time.perf_counter()
+    first_entry = len(timeline)
     async with httpx.AsyncClient(timeout=120, limits=limits) as http:
         await asyncio.gather(*(client(http) for _ in range(clients)))
     elapsed = time.perf_counter() - started
+    latencies = [latency for _, latency, _ in timeline[first_entry:]]
     ok = statuses.get("200", 0)
     return {"clients": clients, "requests": sum(statuses.values()), "ok": ok,
-            "errors": sum(statuses.values()) - ok, "statuses": statuses, "seconds": round(elapsed, 2),
+            "errors": sum(statuses.values()) - ok, "statuses": statuses, "error_samples": error_samples,
+            "seconds": round(elapsed, 2),
             "requests_per_s": round(ok / elapsed, 1), "texts_per_s": round(sent_texts / elapsed, 1),
             "latency_ms": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95),
-                           "p99": percentile(latencies, 99), "max": percentile(latencies, 100)}}
+                           "p99": percentile(latencies, 99), "max": percentile(latencies, 100)},
+            "p99_halves_ms": p99_halves(timeline[first_entry:], started, elapsed)}
+
+
+def soak(url: str, handle: Any, texts: list[str], dims: list[int], *, clients: int, seconds: float, max_texts: int,
+         seed: int = 2) -> dict[str, Any]:
+    """Warm up, then load ``url`` for ``seconds`` (no request bound); the replica's RSS before and after.
+
+    ``handle`` is the deployment's handle; its ``stats()`` gives the replica's pid and RSS, so the app should
+    run one replica (with more, start and end may come from different replicas).
+    """
+    asyncio.run(run_load(url, texts, dims, clients=4, max_requests=40, seconds=30, max_texts=max_texts, seed=1))
+    start_stats = handle.stats.remote().result()
+    load = asyncio.run(run_load(url, texts, dims, clients=clients, max_requests=None, seconds=seconds,
+                                max_texts=max_texts, seed=seed))
+    end_stats = handle.stats.remote().result()
+    return {"seconds": seconds, "load": load, "start_stats": start_stats, "end_stats": end_stats,
+            "replica_pid_start": start_stats["pid"], "replica_pid": end_stats["pid"],
+            "rss_start_mib": _mib(start_stats["rss_bytes"]), "rss_end_mib": _mib(end_stats["rss_bytes"]),
+            "p99_first_half_ms": load["p99_halves_ms"]["first"], "p99_second_half_ms": load["p99_halves_ms"]["second"],
+            "p99_second_over_first": _ratio(load["p99_halves_ms"]["second"], load["p99_halves_ms"]["first"])}
 
 
 def main() -> int:
@@ -162,12 +221,17 @@ def main() -> int:
     wait_for_status(f"{base}/health", timeout_s=300, interval_s=1.0)  # never measure an app that is not up
     handle = serve.get_deployment_handle("Embeddings", app_name="bench")
     url = f"{base}/v1/embeddings"
-    asyncio.run(run_load(url, texts, dims, clients=4, max_requests=40, seconds=30, max_texts=ns.max_texts, seed=1))
-    start_stats = handle.stats.remote().result()
-    soak = ns.soak_seconds is not None
-    load = asyncio.run(run_load(url, texts, dims, clients=ns.clients, max_requests=None if soak else ns.requests,
-                                seconds=ns.soak_seconds if soak else ns.seconds, max_texts=ns.max_texts, seed=2))
-    end_stats = handle.stats.remote().result()
+    soaked = None
+    if ns.soak_seconds is not None:
+        soaked = soak(url, handle, texts, dims, clients=ns.clients, seconds=ns.soak_seconds, max_texts=ns.max_texts)
+        load, start_stats, end_stats = soaked["load"], soaked["start_stats"], soaked["end_stats"]
+    else:
+        asyncio.run(run_load(url, texts, dims, clients=4, max_requests=40, seconds=30, max_texts=ns.max_texts,
+                             seed=1))
+        start_stats = handle.stats.remote().result()
+        load = asyncio.run(run_load(url, texts, dims, clients=ns.clients, max_requests=ns.requests,
+                                    seconds=ns.seconds, max_texts=ns.max_texts, seed=2))
+        end_stats = handle.stats.remote().result()
     serve.shutdown()
     ray.shutdown()
     # Raw again after the load, so a change in what else runs on the machine shows instead of skewing the ratio.
@@ -196,14 +260,17 @@ def main() -> int:
                          "sentence-transformers 6.2, transformers 5); a separate environment would need a second "
                          "torch install on this shared 2-core machine"),
     }
-    if soak:
-        figures["soak"] = {"seconds": ns.soak_seconds, "replica_pid": end_stats["pid"],
-                           "rss_start_mib": _mib(start_stats["rss_bytes"]), "rss_end_mib": _mib(end_stats["rss_bytes"])}
+    if soaked is not None:
+        figures["soak"] = {k: v for k, v in soaked.items() if k not in ("load", "start_stats", "end_stats")}
     print(f"serve: {load['texts_per_s']} texts/s, {load['requests_per_s']} req/s, errors {load['errors']}, "
           f"p50/p95/p99 {load['latency_ms']['p50']}/{load['latency_ms']['p95']}/{load['latency_ms']['p99']} ms; "
           f"served/raw = {ratio}", flush=True)
     write_result(ns.name, figures)
     return 0 if load["errors"] == 0 else 1
+
+
+def _ratio(top: float | None, bottom: float | None) -> float | None:
+    return round(top / bottom, 2) if top is not None and bottom else None
 
 
 def _mib(value: int | None) -> float | None:

@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import base64
+import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,11 @@ class Embedder:
         self.normalizes = _ends_in_normalize(model)
         self.max_seq_length = int(model.get_max_seq_length() or 512)
         self.tokenizer = model.tokenizer
+        # Counting tokens (check_texts, on the replica's event loop) gets its own copy of the tokenizer: a fast
+        # tokenizer keeps padding/truncation as mutable state, so counting with truncation=False while a batch
+        # encodes (padding on, in a worker thread) on the same object strips the batch's padding and fails it.
+        self._counting_tokenizer = copy.deepcopy(model.tokenizer)
+        self.check_texts(["settle the counting tokenizer's settings once, before any concurrent use"])
 
     @classmethod
     def load(cls, ref: str, *, name: str | None = None, allow_any_dimension: bool = False,
@@ -113,7 +119,8 @@ class Embedder:
 
     def check_texts(self, texts: list[str]) -> TextCheck:
         """Count tokens per text (as the model sees them, special tokens included) and find over-long ones."""
-        encoded = self.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+        encoded = self._counting_tokenizer(texts, add_special_tokens=True, truncation=False,
+                                           verbose=False)["input_ids"]
         lengths = [len(ids) for ids in encoded]
         too_long = [i for i, n in enumerate(lengths) if n > self.max_seq_length]
         return TextCheck(token_counts=[min(n, self.max_seq_length) for n in lengths], too_long=too_long)
