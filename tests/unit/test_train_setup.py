@@ -17,7 +17,7 @@ from mrlkit import layout, storage
 from mrlkit.config import load_config
 from mrlkit.errors import ConfigError, MrlkitError, StorageError
 from mrlkit.testing.s3_server import free_port
-from mrlkit.train.launch import TrainStage, crash_hook_from_env, model_embedding_dim
+from mrlkit.train.launch import TrainStage, crash_hooks_from_env, model_embedding_dim
 
 
 def publish_pairs(pairs_uri: str, train_columns: dict | None = None) -> None:
@@ -116,9 +116,15 @@ def test_model_width_is_read_from_module_configs(tiny_model, tmp_path):
     assert model_embedding_dim(str(tmp_path)) is None  # no modules.json: unknown, checked on load
 
 
-def test_crash_hook_is_parsed_and_bad_values_are_named(monkeypatch):
+def test_crash_hooks_are_parsed_and_bad_values_are_named(monkeypatch):
     monkeypatch.setenv("MRLKIT_TRAIN_CRASH_AT_STEP", "6:1@/tmp/marker")
-    assert crash_hook_from_env() == {"step": 6, "rank": 1, "marker": "/tmp/marker"}
+    assert crash_hooks_from_env() == [{"step": 6, "rank": 1, "marker": "/tmp/marker"}]
+    monkeypatch.setenv("MRLKIT_TRAIN_CRASH_AT_STEP", "3@/tmp/m1, 7:1@/tmp/m2")
+    assert crash_hooks_from_env() == [{"step": 3, "rank": 0, "marker": "/tmp/m1"},
+                                      {"step": 7, "rank": 1, "marker": "/tmp/m2"}]
     monkeypatch.setenv("MRLKIT_TRAIN_CRASH_AT_STEP", "six")
     with pytest.raises(ConfigError, match="STEP\\[:RANK\\]@MARKER_FILE"):
-        crash_hook_from_env()
+        crash_hooks_from_env()
+    monkeypatch.setenv("MRLKIT_TRAIN_CRASH_AT_STEP", "3@/tmp/m,5@/tmp/m")
+    with pytest.raises(ConfigError, match="marker file /tmp/m twice"):
+        crash_hooks_from_env()

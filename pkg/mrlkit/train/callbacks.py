@@ -80,11 +80,19 @@ class ProgressCallback(TrainerCallback):
 class CrashAtStepCallback(TrainerCallback):
     """Test hook: the worker of ``rank`` exits abruptly at ``step``, once (a marker file remembers it).
 
-    Exercised by the failure tests; set through ``MRLKIT_TRAIN_CRASH_AT_STEP`` on the driver.
+    Exercised by the failure tests; set through ``MRLKIT_TRAIN_CRASH_AT_STEP`` on the driver (several
+    comma-separated specs give one callback each). The marker says ``crashed at step N``, and the next
+    start of that worker adds ``resumed at step M``, so a test can tell how many steps each crash cost.
     """
 
     def __init__(self, step: int, rank: int, marker: str, my_rank: int):
         self.step, self.rank, self.marker, self.my_rank = step, rank, marker, my_rank
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        marker = Path(self.marker)
+        if self.my_rank == self.rank and marker.is_file() and "resumed" not in marker.read_text():
+            with marker.open("a") as fh:
+                fh.write(f"resumed at step {state.global_step}\n")
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == self.step and self.my_rank == self.rank and not os.path.exists(self.marker):

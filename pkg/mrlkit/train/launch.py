@@ -39,7 +39,9 @@ from mrlkit.train.worker import best_metric_key, greater_is_better
 
 log = logging.getLogger("mrlkit.train")
 
-CRASH_ENV = "MRLKIT_TRAIN_CRASH_AT_STEP"  # test hook: "step[:rank]@marker-file", see callbacks.CrashAtStepCallback
+# Test hook: "STEP[:RANK]@MARKER_FILE", or several comma-separated ("3@/tmp/m1,7@/tmp/m2"), each firing once.
+CRASH_ENV = "MRLKIT_TRAIN_CRASH_AT_STEP"  # see callbacks.CrashAtStepCallback
+CRASH_FORMAT = "STEP[:RANK]@MARKER_FILE, or several comma-separated (3@/tmp/m1,7@/tmp/m2)"
 
 
 class TrainError(MrlkitError):
@@ -69,16 +71,29 @@ def model_embedding_dim(model_dir: str) -> int | None:
     return int(width) if width else None
 
 
-def crash_hook_from_env() -> dict[str, Any] | None:
-    raw = os.environ.get(CRASH_ENV)
-    if not raw:
-        return None
+def parse_crash_spec(spec: str) -> dict[str, Any]:
+    """One ``STEP[:RANK]@MARKER_FILE`` as ``{"step", "rank", "marker"}``; ValueError when malformed."""
+    where, marker = spec.split("@", 1)
+    step, _, rank = where.partition(":")
+    if not marker.strip() or int(step) < 1 or int(rank or 0) < 0:
+        raise ValueError(spec)
+    return {"step": int(step), "rank": int(rank or 0), "marker": marker.strip()}
+
+
+def crash_hooks_from_env() -> list[dict[str, Any]]:
+    """Every crash the test hook asks for (empty when unset); each needs its own marker file, or it could not fire."""
+    raw = os.environ.get(CRASH_ENV, "")
+    if not raw.strip():
+        return []
     try:
-        where, marker = raw.split("@", 1)
-        step, _, rank = where.partition(":")
-        return {"step": int(step), "rank": int(rank or 0), "marker": marker}
+        hooks = [parse_crash_spec(spec.strip()) for spec in raw.split(",")]
     except ValueError:
-        raise ConfigError(f"{CRASH_ENV}={raw!r} must look like STEP[:RANK]@MARKER_FILE") from None
+        raise ConfigError(f"{CRASH_ENV}={raw!r} must look like {CRASH_FORMAT}") from None
+    markers = [hook["marker"] for hook in hooks]
+    repeated = sorted({m for m in markers if markers.count(m) > 1})
+    if repeated:  # a shared marker would silently swallow every crash after the first
+        raise ConfigError(f"{CRASH_ENV}={raw!r} uses the marker file {repeated[0]} twice; each crash needs its own")
+    return hooks
 
 
 class TrainStage:
@@ -95,7 +110,7 @@ class TrainStage:
         self.model_uri = layout.model_uri(cfg)
         self.pairs_uri = layout.pairs_uri(cfg)
         self.metric = best_metric_key(self.train)
-        self.fault = crash_hook_from_env()
+        self.faults = crash_hooks_from_env()
         self.existing: MrlMetadata | None = None
 
     # -- setup: every check that can fail before a worker starts --------------------------------
@@ -180,7 +195,7 @@ class TrainStage:
         resources = {"CPU": self.train.cpus_per_worker, **({"GPU": 1} if self.train.use_gpu else {})}
         return TorchTrainer(
             train_loop,
-            train_loop_config={"config": config_to_dict(self.cfg), "use_ray": True, "fault": self.fault},
+            train_loop_config={"config": config_to_dict(self.cfg), "use_ray": True, "fault": self.faults},
             scaling_config=ray.train.ScalingConfig(num_workers=self.train.num_workers, use_gpu=self.train.use_gpu,
                                                    resources_per_worker=resources),
             run_config=ray.train.RunConfig(

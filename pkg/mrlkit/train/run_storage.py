@@ -7,6 +7,13 @@ s3``, the test server) refuse such keys when the directory already exists. Ray T
 calls both (run folder creation, keep-N pruning), so on S3 it gets this thin wrapper:
 ``create_dir`` is a no-op (a prefix exists once a key under it does) and ``delete_dir``
 deletes the keys under the prefix. Everything else is the plain ``S3FileSystem``.
+
+Ray pickles the filesystem to its controller and workers, and a pickled
+``S3FileSystem`` loses its ``retry_strategy`` (pyarrow leaves it out of
+``__reduce__``): the copies would fall back to pyarrow's 3 quick attempts (~2 s),
+so a short S3 outage during a checkpoint upload or snapshot write failed the run.
+The wrapper carries the attempt count (``MRLKIT_STORAGE_ATTEMPTS`` on the driver)
+and puts the retry strategy back when it is unpickled.
 """
 
 from __future__ import annotations
@@ -21,11 +28,12 @@ from mrlkit import storage
 class KeysOnlyS3Handler(pafs.FileSystemHandler):
     """Delegates to an ``S3FileSystem``; directories are implicit (no marker objects)."""
 
-    def __init__(self, base: pafs.FileSystem):
+    def __init__(self, base: pafs.FileSystem, attempts: int | None = None):
         self.base = base
+        self.attempts = attempts
 
     def __reduce__(self) -> tuple[Any, ...]:  # Ray pickles the run config to its controller and workers
-        return (KeysOnlyS3Handler, (self.base,))
+        return (_unpickle_handler, (self.base, self.attempts))
 
     def get_type_name(self) -> str:
         return "mrlkit-s3"
@@ -82,9 +90,23 @@ class KeysOnlyS3Handler(pafs.FileSystemHandler):
         return self.base.open_append_stream(path, metadata=metadata)
 
 
+def with_retry_strategy(fs: pafs.S3FileSystem, attempts: int) -> pafs.S3FileSystem:
+    """The same ``S3FileSystem`` with pyarrow's AWS standard retries at ``attempts`` per request."""
+    _, (options,) = fs.__reduce__()  # every constructor option except the retry strategy
+    return pafs.S3FileSystem(**options, retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=attempts))
+
+
+def _unpickle_handler(base: pafs.FileSystem, attempts: int | None) -> KeysOnlyS3Handler:
+    if attempts and isinstance(base, pafs.S3FileSystem):
+        base = with_retry_strategy(base, attempts)
+    return KeysOnlyS3Handler(base, attempts)
+
+
 def ray_storage(uri: str) -> tuple[pafs.FileSystem, str]:
     """``(storage_filesystem, storage_path)`` for ``ray.train.RunConfig`` at ``uri`` (local or ``s3://``)."""
     fs, path = storage.pyarrow_filesystem(uri)
     if storage.is_s3_uri(uri):
-        fs = pafs.PyFileSystem(KeysOnlyS3Handler(fs))
+        from mrlkit.train.callbacks import upload_attempts
+
+        fs = pafs.PyFileSystem(KeysOnlyS3Handler(fs, upload_attempts()))
     return fs, path

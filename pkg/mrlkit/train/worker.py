@@ -133,10 +133,10 @@ def _ray_context() -> tuple[int, int, Any]:
     return ctx.get_world_rank(), ctx.get_world_size(), ray.train.get_checkpoint()
 
 
-def _fault_callback(fault: dict[str, Any] | None, rank: int) -> list[Any]:
-    if not fault:
-        return []
-    return [cb.CrashAtStepCallback(int(fault["step"]), int(fault.get("rank", 0)), str(fault["marker"]), rank)]
+def _fault_callbacks(faults: list[dict[str, Any]] | dict[str, Any] | None, rank: int) -> list[Any]:
+    """One crash hook per spec (a single dict, the older form, is one spec)."""
+    specs = [faults] if isinstance(faults, dict) else list(faults or [])
+    return [cb.CrashAtStepCallback(int(f["step"]), int(f.get("rank", 0)), str(f["marker"]), rank) for f in specs]
 
 
 def build_evaluator(cfg: PipelineConfig) -> Any:
@@ -185,7 +185,8 @@ def _log_to_stderr() -> None:
 def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
     """Train on this worker. ``loop_config``: ``config`` (the pipeline config as plain data), optional
     ``use_ray`` (report to Ray Train, resume from its checkpoint), ``output_dir`` (local scratch),
-    ``resume_from`` (a local Hugging Face checkpoint folder, without Ray), ``fault`` (test hook).
+    ``resume_from`` (a local Hugging Face checkpoint folder, without Ray), ``fault`` (test hook: a list
+    of crash specs, or one).
 
     Returns the final metrics (every rank; only rank 0's reach the Ray checkpoint).
     """
@@ -227,7 +228,7 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=train.early_stopping_patience))
     if use_ray:
         callbacks.append(cb.RayReportCallback(rank, progress))
-    callbacks += _fault_callback(loop_config.get("fault"), rank)
+    callbacks += _fault_callbacks(loop_config.get("fault"), rank)
 
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                                          loss=loss, evaluator=evaluator, callbacks=callbacks)
