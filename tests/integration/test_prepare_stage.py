@@ -157,6 +157,18 @@ def test_rerun_gives_identical_outputs(mixed):
     assert _outputs(cfg) == first
 
 
+def test_pairs_spilled_to_disk_give_identical_outputs(mixed, monkeypatch):
+    # The pairs pass keeps a bounded number of rows in memory and spools the rest to disk (memory does
+    # not grow with the corpus); where the bound falls must not change a byte of what is published.
+    from mrlkit.pairs import spool
+
+    _, cfg, _, first = mixed
+    monkeypatch.setattr(spool, "MAX_ROWS_IN_MEMORY", 3)
+    summary = run_stage(PrepareStage, cfg)
+    assert summary["train_pairs"] > 3 * 2 and summary["eval_corpus"] > 3 * 2  # both really spilled
+    assert _outputs(cfg) == first
+
+
 def test_s3_input_and_output_match_local(mixed, s3_root):
     corpus, _, _, local = mixed
     for path in sorted(p for p in corpus.rglob("*") if p.is_file()):

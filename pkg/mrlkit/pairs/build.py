@@ -12,49 +12,90 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
 
 from mrlkit.config_schema import PipelineConfig
 from mrlkit.corpus.pipeline import ChunkTable
 from mrlkit.corpus.readers import EMPTY_QUESTION, Reject
 from mrlkit.errors import MrlkitError
+from mrlkit.layout import EVAL_CORPUS_COLUMNS, PAIR_TEXT_COLUMNS, TEST_EXTRA_COLUMNS
 from mrlkit.pairs.qrels import Qrels
 from mrlkit.pairs.split import UnionFind, pick_test_groups, reference_split
+from mrlkit.pairs.spool import RowSpool
 from mrlkit.pairs.synthetic import inverse_cloze, title_pair
 
 log = logging.getLogger(__name__)
 LLM_BATCH = 64
 
 
+META_COLUMNS = ("chunk_id", "method")
+
+
+def train_schema(num_negatives: int = 0) -> pa.Schema:
+    negatives = [f"negative_{k}" for k in range(1, num_negatives + 1)]
+    return pa.schema([(c, pa.string()) for c in (*PAIR_TEXT_COLUMNS, *negatives, *META_COLUMNS)])
+
+
+def test_schema() -> pa.Schema:
+    query_id, relevant = TEST_EXTRA_COLUMNS
+    return pa.schema([(query_id, pa.string()), *((c, pa.string()) for c in PAIR_TEXT_COLUMNS),
+                      (relevant, pa.list_(pa.string())), *((c, pa.string()) for c in META_COLUMNS)])
+
+
+def corpus_schema() -> pa.Schema:
+    return pa.schema([(c, pa.string()) for c in EVAL_CORPUS_COLUMNS])
+
+
 @dataclass
 class PairSets:
-    """Everything the pairs folder holds, before writing."""
+    """Everything the pairs folder holds, before writing: spooled to ``folder`` past a bound (see spool.py)."""
 
-    train: list[dict[str, Any]] = field(default_factory=list)
-    test: list[dict[str, Any]] = field(default_factory=list)
-    corpus: dict[str, str] = field(default_factory=dict)  # chunk_id -> eval text, in corpus order
+    train: RowSpool
+    test: RowSpool
+    corpus: RowSpool  # (chunk_id, eval text), in corpus order
     rejects: list[dict[str, Any]] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
     split: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def spooled(cls, folder: Path | None = None) -> PairSets:
+        """Empty sets whose rows spill to ``folder`` (None: kept in memory)."""
+        return cls(RowSpool(train_schema(), folder), RowSpool(test_schema(), folder),
+                   RowSpool(corpus_schema(), folder))
 
-def build_pairs(cfg: PipelineConfig, chunks: ChunkTable, qrels: Qrels | None = None, llm: Any = None) -> PairSets:
+
+def build_pairs(cfg: PipelineConfig, chunks: ChunkTable, qrels: Qrels | None = None, llm: Any = None,
+                spool_folder: Path | None = None) -> PairSets:
+    """One streaming pass over ``chunks``; rows past a bound spill to ``spool_folder``."""
     if cfg.pairs.split.mode == "reference":
-        return _reference(cfg, chunks)
-    out = PairSets()
+        return _reference(cfg, chunks, spool_folder)
+    out = PairSets.spooled(spool_folder)
     comp, test_side = _groups(cfg, chunks, _judged(chunks, qrels) if cfg.pairs.source == "qrels" else None)
     source = cfg.pairs.source
     seed = cfg.pairs.split.seed
     seen_sections: set[tuple[str, str | None]] = set()
     pending: list[tuple[str, str, str]] = []
+    qrels_texts: dict[str, str] = {}  # the judged documents' texts, for (query, document) pairs after the pass
+    judged = _judged_targets(chunks, qrels) if source == "qrels" else set()
     for i, row in chunks.iter_rows():
         target = i if chunks.keep[i] else int(chunks.dup_of[i])
         if target < 0:
             continue
         cid = chunks.chunk_ids[target]
         side = "test" if comp[target] in test_side else "train"
+        ict = []
+        if source == "synthetic" and chunks.keep[i] and "inverse_cloze" in cfg.pairs.synthetic.methods:
+            ict = inverse_cloze(cid, row["text"], cfg.pairs.synthetic, seed)
+            if side == "test":
+                ict = ict[:1]  # the eval corpus can hold only one "chunk minus sentence" per chunk
         if chunks.keep[i]:
-            out.corpus[cid] = row["text"]
+            # A test chunk's eval text is the chunk without its query's sentence, so the query is not found verbatim.
+            out.corpus.append({"chunk_id": cid, "text": ict[0].positive if side == "test" and ict else row["text"]})
+            if cid in judged:
+                qrels_texts[cid] = row["text"]
         if source == "columns":
             if not row["question"]:
                 out.rejects.append(Reject(row["source"].rsplit(":", 1)[0], _line(row["source"]), "line",
@@ -63,13 +104,8 @@ def build_pairs(cfg: PipelineConfig, chunks: ChunkTable, qrels: Qrels | None = N
             _emit(out, side, row["question"], row["text"], cid, "question")
         elif source == "synthetic" and chunks.keep[i]:
             methods = cfg.pairs.synthetic.methods
-            if "inverse_cloze" in methods:
-                ict = inverse_cloze(cid, row["text"], cfg.pairs.synthetic, seed)
-                if side == "test" and ict:
-                    ict = ict[:1]  # the eval corpus can hold only one "chunk minus sentence" per chunk
-                    out.corpus[cid] = ict[0].positive
-                for pair in ict:
-                    _emit(out, side, pair.anchor, pair.positive, cid, pair.method)
+            for pair in ict:
+                _emit(out, side, pair.anchor, pair.positive, cid, pair.method)
             section = (row["doc_id"], row["heading"])
             if "title" in methods and section not in seen_sections:
                 seen_sections.add(section)
@@ -83,7 +119,7 @@ def build_pairs(cfg: PipelineConfig, chunks: ChunkTable, qrels: Qrels | None = N
     if pending:
         _flush_llm(out, pending, llm)
     if source == "qrels":
-        _qrels_pairs(out, chunks, qrels, comp, test_side)
+        _qrels_pairs(out, chunks, qrels, comp, test_side, qrels_texts)
     out.split = {"mode": "group", "group_by": cfg.corpus.columns.group or "doc_id", "seed": seed,
                  "test_fraction": cfg.pairs.split.test_fraction, "test_groups": sorted(test_side),
                  "groups": len(set(comp[i] for i in range(len(comp)) if chunks.keep[i]))}
@@ -143,8 +179,23 @@ def _flush_llm(out: PairSets, pending: list[tuple[str, str, str]], llm: Any) -> 
     pending.clear()
 
 
+def _judged_targets(chunks: ChunkTable, qrels: Qrels | None) -> set[str]:
+    """The kept chunk ids some query's judged document resolves to (itself, or the copy a duplicate was merged into)."""
+    if qrels is None:
+        return set()
+    index = {cid: i for i, cid in enumerate(chunks.chunk_ids)}
+    out = set()
+    for doc in {doc for docs in qrels.relevant.values() for doc in docs}:
+        i = index.get(doc)
+        if i is not None:
+            t = i if chunks.keep[i] else int(chunks.dup_of[i])
+            if t >= 0:
+                out.add(chunks.chunk_ids[t])
+    return out
+
+
 def _qrels_pairs(out: PairSets, chunks: ChunkTable, qrels: Qrels | None, comp: list[str],
-                 test_side: set[str]) -> None:
+                 test_side: set[str], texts: dict[str, str]) -> None:
     """BEIR: (query, relevant document) pairs; a query's side is its documents' (merged) group."""
     if qrels is None:
         raise MrlkitError("pairs.source 'qrels' needs a BEIR input folder (corpus.format: beir)")
@@ -170,16 +221,20 @@ def _qrels_pairs(out: PairSets, chunks: ChunkTable, qrels: Qrels | None, comp: l
             targets = [t for t in targets if comp[index[t]] not in test_side]
         if side == "test":
             out.counts["test_qrels"] += 1
-            out.test.append({"query_id": qid, "anchor": qrels.queries[qid], "positive": out.corpus[targets[0]],
+            out.test.append({"query_id": qid, "anchor": qrels.queries[qid], "positive": texts[targets[0]],
                              "relevant_ids": targets, "chunk_id": targets[0], "method": "qrels"})
         else:
             for t in targets:
-                _emit(out, "train", qrels.queries[qid], out.corpus[t], t, "qrels")
+                _emit(out, "train", qrels.queries[qid], texts[t], t, "qrels")
 
 
-def _reference(cfg: PipelineConfig, chunks: ChunkTable) -> PairSets:
-    """DESIGN.md's reference split: every row is a pair and its context has its own id."""
-    out = PairSets()
+def _reference(cfg: PipelineConfig, chunks: ChunkTable, spool_folder: Path | None) -> PairSets:
+    """DESIGN.md's reference split: every row is a pair and its context has its own id.
+
+    The split shuffles all rows at once, so they are held in memory (question/context sets of this
+    kind are small; a corpus to chunk takes the streaming group split).
+    """
+    out = PairSets.spooled(spool_folder)
     rows = []
     for i, row in chunks.iter_rows():
         if not chunks.keep[i]:
@@ -191,7 +246,7 @@ def _reference(cfg: PipelineConfig, chunks: ChunkTable) -> PairSets:
         rows.append((chunks.chunk_ids[i], row["question"], row["text"]))
     train, test = reference_split(rows, cfg.pairs.split.test_fraction, cfg.pairs.split.seed)
     for cid, _question, text in rows:
-        out.corpus[cid] = text
+        out.corpus.append({"chunk_id": cid, "text": text})
     for cid, question, text in train:
         _emit(out, "train", question, text, cid, "question")
     for cid, question, text in test:

@@ -29,8 +29,9 @@ from mrlkit.corpus.pipeline import build_chunks, check_reject_fraction, reject_c
 from mrlkit.corpus.shard import ShardOptions
 from mrlkit.corpus.sources import Inputs, find_inputs
 from mrlkit.errors import ConfigError
-from mrlkit.pairs.build import build_pairs
+from mrlkit.pairs.build import build_pairs, train_schema
 from mrlkit.pairs.qrels import Qrels, read_beir_qrels
+from mrlkit.pairs.spool import RowSpool
 from mrlkit.pairs.writer import content_hash, file_hashes, write_json, write_pairs_dir, write_rejects
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class PrepareStage:
         chunks, rejects = build_chunks(self.inputs, self.options, self.work, cfg.ray.num_cpus)
         seconds_chunks = time.monotonic() - started
         check_reject_fraction(cfg.corpus, rejects, chunks.counts.get("documents", 0))  # before any pairs work
-        pairs = build_pairs(cfg, chunks, self.qrels, self.llm)
+        pairs = build_pairs(cfg, chunks, self.qrels, self.llm, spool_folder=self.work / "spool")
         if self.qrels is not None:
             rejects += [r.to_json() for r in self.qrels.rejects]
         rejects += pairs.rejects
@@ -106,8 +107,11 @@ class PrepareStage:
         if cfg.pairs.hard_negatives.enabled:
             from mrlkit.pairs.negatives import mine_negatives
 
-            pairs.train, negatives_dropped = mine_negatives(pairs.train, cfg.pairs.hard_negatives,
-                                                            cfg.train.base_model)
+            # Mining encodes and searches every train pair at once: they are in memory for this step.
+            mined, negatives_dropped = mine_negatives(list(pairs.train), cfg.pairs.hard_negatives,
+                                                      cfg.train.base_model)
+            pairs.train = RowSpool.of(mined, train_schema(cfg.pairs.hard_negatives.num_negatives),
+                                      self.work / "spool")
         sampled_out = self._cap_pairs(pairs)
         if not pairs.train:
             log.warning("prepare: no training pairs were produced; check pairs.source and the input columns")
@@ -138,8 +142,7 @@ class PrepareStage:
                     "reject_fraction": round(fraction, 6), "hashes": {**hashes, "content": content_hash(corpus_files)},
                     "files": corpus_files}
         write_json(corpus_dir / "manifest.json", manifest)
-        write_pairs_dir(pairs_dir, pairs, cfg.pairs.hard_negatives.num_negatives if cfg.pairs.hard_negatives.enabled
-                        else 0)
+        write_pairs_dir(pairs_dir, pairs)
         pairs_files = file_hashes(pairs_dir)
         write_json(pairs_dir / "manifest.json", {
             **{k: manifest[k] for k in ("stage", "name", "input", "mrlkit_version", "counts")},
@@ -167,9 +170,10 @@ class PrepareStage:
         limit = self.cfg.pairs.max_pairs
         if limit is None or len(pairs.train) <= limit:
             return 0
-        keep = sorted(random.Random(self.cfg.pairs.split.seed).sample(range(len(pairs.train)), limit))
+        keep = set(random.Random(self.cfg.pairs.split.seed).sample(range(len(pairs.train)), limit))
         dropped = len(pairs.train) - limit
-        pairs.train = [pairs.train[i] for i in keep]
+        pairs.train = RowSpool.of((row for i, row in enumerate(pairs.train) if i in keep), pairs.train.schema,
+                                  self.work / "spool" if self.work is not None else None)
         return dropped
 
     def cleanup(self) -> None:

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from mrlkit.layout import EVAL_CORPUS_COLUMNS, PAIR_TEXT_COLUMNS, TEST_EXTRA_COLUMNS
 from mrlkit.pairs.build import PairSets
 
 ROW_GROUP = 8192
 PART_ROWS = 200_000
-META_COLUMNS = ("chunk_id", "method")
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -32,36 +31,40 @@ def write_rejects(path: Path, rejects: list[dict[str, Any]]) -> None:
             fh.write(json.dumps(reject, sort_keys=True, ensure_ascii=False) + "\n")
 
 
-def write_parts(folder: Path, columns: dict[str, Any], schema: Any) -> list[str]:
-    """``part-NNNNN.parquet`` files of at most PART_ROWS rows, fixed row groups; one (empty) part at least."""
+def write_parts(folder: Path, tables: Iterable[Any], schema: Any) -> list[str]:
+    """``part-NNNNN.parquet`` files of at most PART_ROWS rows from a stream of tables (each at most ROW_GROUP
+    rows, in order); one (empty) part at least. Only one table is in memory at a time."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     folder.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pydict(columns, schema=schema)
-    names = []
-    for start in range(0, max(table.num_rows, 1), PART_ROWS):
-        name = f"part-{len(names):05d}.parquet"
-        pq.write_table(table.slice(start, PART_ROWS), folder / name, row_group_size=ROW_GROUP)
-        names.append(name)
+    names: list[str] = []
+    writer, in_part = None, 0
+    try:
+        for table in tables:
+            offset = 0
+            while offset < table.num_rows:
+                if writer is None or in_part >= PART_ROWS:
+                    if writer is not None:
+                        writer.close()
+                    names.append(f"part-{len(names):05d}.parquet")
+                    writer, in_part = pq.ParquetWriter(folder / names[-1], schema), 0
+                take = min(table.num_rows - offset, PART_ROWS - in_part)
+                writer.write_table(table.slice(offset, take), row_group_size=ROW_GROUP)
+                offset, in_part = offset + take, in_part + take
+    finally:
+        if writer is not None:
+            writer.close()
+    if not names:
+        names.append("part-00000.parquet")
+        pq.write_table(pa.Table.from_pylist([], schema=schema), folder / names[0])
     return names
 
 
-def write_pairs_dir(out: Path, pairs: PairSets, num_negatives: int) -> None:
+def write_pairs_dir(out: Path, pairs: PairSets) -> None:
     """train/, test/, corpus/ parquet parts and split.json (the manifest is written by the stage)."""
-    import pyarrow as pa
-
-    negs = [f"negative_{k}" for k in range(1, num_negatives + 1)]
-    train_cols = [*PAIR_TEXT_COLUMNS, *negs, *META_COLUMNS]
-    write_parts(out / "train", {c: [r[c] for r in pairs.train] for c in train_cols},
-                pa.schema([(c, pa.string()) for c in train_cols]))
-    query_id, relevant = TEST_EXTRA_COLUMNS
-    test_schema = pa.schema([(query_id, pa.string()), *((c, pa.string()) for c in PAIR_TEXT_COLUMNS),
-                             (relevant, pa.list_(pa.string())), *((c, pa.string()) for c in META_COLUMNS)])
-    write_parts(out / "test", {c: [r[c] for r in pairs.test] for c in test_schema.names}, test_schema)
-    chunk_id, text = EVAL_CORPUS_COLUMNS
-    write_parts(out / "corpus", {chunk_id: list(pairs.corpus), text: list(pairs.corpus.values())},
-                pa.schema([(chunk_id, pa.string()), (text, pa.string())]))
+    for name, rows in (("train", pairs.train), ("test", pairs.test), ("corpus", pairs.corpus)):
+        write_parts(out / name, rows.tables(ROW_GROUP), rows.schema)
     write_json(out / "split.json", {**pairs.split, "train_pairs": len(pairs.train), "test_pairs": len(pairs.test),
                                     "eval_corpus": len(pairs.corpus)})
 

@@ -1,0 +1,94 @@
+"""Rows that may outgrow memory: appended in order, spilled to parquet past a bound, read back in order.
+
+The pairs pass of ``prepare`` emits train pairs, test queries and the evaluation corpus
+row by row while it streams over the chunk table. Holding them in lists would make the
+driver's memory grow with the corpus (several times its text, for synthetic pairs); a
+spool keeps at most ``max_rows_in_memory`` rows and writes the rest to parquet files in
+a scratch folder, so memory stays flat however large the corpus is.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MAX_ROWS_IN_MEMORY = 50_000
+_names = itertools.count()
+
+
+class RowSpool:
+    """An append-only sequence of rows (dicts with ``schema``'s keys); iterate it to read them back in order.
+
+    ``folder`` None never spills (everything stays in memory).
+    """
+
+    def __init__(self, schema: pa.Schema, folder: Path | None = None, max_rows_in_memory: int | None = None):
+        if max_rows_in_memory is None:
+            max_rows_in_memory = MAX_ROWS_IN_MEMORY  # read at call time, so a test can lower it
+        if max_rows_in_memory < 1:
+            raise ValueError(f"max_rows_in_memory must be >= 1, got {max_rows_in_memory}")
+        self.schema, self.folder, self.max_rows_in_memory = schema, folder, max_rows_in_memory
+        self._buffer: list[dict[str, Any]] = []
+        self._files: list[Path] = []
+        self._count = 0
+        self._name = f"spool-{next(_names):04d}"
+
+    @classmethod
+    def of(cls, rows: Iterable[dict[str, Any]], schema: pa.Schema, folder: Path | None = None,
+           max_rows_in_memory: int | None = None) -> RowSpool:
+        spool = cls(schema, folder, max_rows_in_memory)
+        for row in rows:
+            spool.append(row)
+        return spool
+
+    def append(self, row: dict[str, Any]) -> None:
+        self._buffer.append(row)
+        self._count += 1
+        if self.folder is not None and len(self._buffer) >= self.max_rows_in_memory:
+            self._spill()
+
+    def _spill(self) -> None:
+        assert self.folder is not None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{self._name}-{len(self._files):05d}.parquet"
+        pq.write_table(pa.Table.from_pylist(self._buffer, schema=self.schema), path)
+        self._files.append(path)
+        self._buffer = []
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __bool__(self) -> bool:
+        return self._count > 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for table in self.tables():
+            yield from table.to_pylist()
+
+    def tables(self, rows_per_table: int = 8192) -> Iterator[pa.Table]:
+        """The rows in order as tables of exactly ``rows_per_table`` rows (the last one fewer), whatever the
+        spill boundaries: what is written from a spool does not depend on how much of it was in memory."""
+        pending: list[pa.Table] = []
+        count = 0
+        for table in self._stored_tables(rows_per_table):
+            pending.append(table)
+            count += table.num_rows
+            while count >= rows_per_table:
+                merged = pa.concat_tables(pending).combine_chunks()
+                yield merged.slice(0, rows_per_table)
+                rest = merged.slice(rows_per_table)
+                pending, count = ([rest] if rest.num_rows else []), rest.num_rows
+        if count:
+            yield pa.concat_tables(pending).combine_chunks()
+
+    def _stored_tables(self, rows_per_table: int) -> Iterator[pa.Table]:
+        for path in self._files:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=rows_per_table):
+                yield pa.Table.from_batches([batch], schema=self.schema)
+        for start in range(0, len(self._buffer), rows_per_table):
+            yield pa.Table.from_pylist(self._buffer[start:start + rows_per_table], schema=self.schema)

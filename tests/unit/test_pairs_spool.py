@@ -1,0 +1,39 @@
+"""RowSpool: rows past the in-memory bound go to parquet and come back in order, in fixed-size tables."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from mrlkit.pairs.spool import RowSpool
+
+SCHEMA = pa.schema([("anchor", pa.string()), ("relevant_ids", pa.list_(pa.string()))])
+
+
+def rows(n: int) -> list[dict]:
+    return [{"anchor": f"q{i}", "relevant_ids": [f"c{i}", f"d{i}"]} for i in range(n)]
+
+
+def test_spills_past_the_bound_and_reads_back_in_order(tmp_path):
+    spool = RowSpool(SCHEMA, tmp_path, max_rows_in_memory=7)
+    for row in rows(30):
+        spool.append(row)
+    assert len(spool) == 30 and spool
+    assert len(list(tmp_path.glob("*.parquet"))) == 4  # 28 rows on disk, 2 in memory
+    assert list(spool) == rows(30)
+    assert list(spool) == rows(30)  # re-readable
+
+
+def test_tables_have_the_same_boundaries_whatever_was_spilled(tmp_path):
+    spilled = RowSpool.of(rows(30), SCHEMA, tmp_path, max_rows_in_memory=7)
+    in_memory = RowSpool.of(rows(30), SCHEMA)
+    sizes = [t.num_rows for t in spilled.tables(8)]
+    assert sizes == [8, 8, 8, 6] == [t.num_rows for t in in_memory.tables(8)]
+    assert all(a.equals(b) for a, b in zip(spilled.tables(8), in_memory.tables(8), strict=True))
+
+
+def test_empty_spool_and_bad_bound(tmp_path):
+    spool = RowSpool(SCHEMA, tmp_path)
+    assert not spool and list(spool) == [] and list(spool.tables()) == []
+    with pytest.raises(ValueError, match="max_rows_in_memory must be >= 1"):
+        RowSpool(SCHEMA, tmp_path, max_rows_in_memory=0)
