@@ -89,6 +89,19 @@ def tiny_model(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_mrl_model(tiny_model, tmp_path_factory) -> str:
+    """``tiny_model`` as a fine-tuned MRL model: its folder plus ``mrlkit.json`` with dims 32/16/8 (read-only)."""
+    import shutil
+
+    from mrlkit.models import MrlMetadata, write_metadata
+
+    folder = tmp_path_factory.mktemp("mrl") / "tiny-mrl"
+    shutil.copytree(tiny_model, folder)
+    write_metadata(folder, MrlMetadata(base_model="tiny", matryoshka_dims=[32, 16, 8]))
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
 def financial_data() -> Path:
     """The seed recipe's dataset from ../shared (a setting: MRLKIT_FINANCIAL_DATA); skips loudly when absent."""
     if not (FINANCIAL_DATA / "Financial-QA-10k.csv").is_file():

@@ -10,7 +10,6 @@ import httpx
 import numpy as np
 import pytest
 
-from mrlkit.models import MrlMetadata, write_metadata
 from mrlkit.testing.http import wait_for_status
 from mrlkit.testing.s3_server import free_port
 
@@ -20,11 +19,8 @@ MAX_BYTES = 20_000
 
 
 @pytest.fixture(scope="module")
-def mrl_model(tiny_model, tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("serve") / "models" / "tiny-mrl"
-    shutil.copytree(tiny_model, folder)
-    write_metadata(folder, MrlMetadata(base_model="tiny", matryoshka_dims=TRAINED_DIMS))
-    return str(folder)
+def mrl_model(tiny_mrl_model) -> str:
+    return tiny_mrl_model  # trained dims: TRAINED_DIMS
 
 
 @pytest.fixture(scope="module")

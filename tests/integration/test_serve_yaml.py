@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +19,6 @@ import httpx
 import pytest
 import yaml
 
-from mrlkit.models import MrlMetadata, write_metadata
 from mrlkit.testing.http import wait_for_status
 from mrlkit.testing.ray_head import LocalRayHead
 from mrlkit.testing.s3_server import free_port
@@ -38,18 +36,15 @@ def head(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def serve_yaml(tiny_model, tmp_path_factory) -> tuple[Path, int]:
+def serve_yaml(tiny_mrl_model, tmp_path_factory) -> tuple[Path, int]:
     """The committed serve.yaml with only the model, the port and the CPU request changed."""
-    folder = tmp_path_factory.mktemp("yaml") / "tiny-mrl"
-    shutil.copytree(tiny_model, folder)
-    write_metadata(folder, MrlMetadata(base_model="tiny", matryoshka_dims=[32, 16, 8]))
     config = yaml.safe_load((REPO / "ray_jobs" / "serve.yaml").read_text())
     port = free_port()
     config["http_options"]["port"] = port
     (app,) = config["applications"]
-    app["args"]["model"] = str(folder)
+    app["args"]["model"] = tiny_mrl_model
     app["deployments"][0]["ray_actor_options"]["num_cpus"] = 0.5
-    path = folder.parent / "serve.yaml"
+    path = tmp_path_factory.mktemp("yaml") / "serve.yaml"
     path.write_text(yaml.safe_dump(config))
     return path, port
 

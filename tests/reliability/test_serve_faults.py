@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -26,7 +25,6 @@ from typing import Any
 import httpx
 import pytest
 
-from mrlkit.models import MrlMetadata, write_metadata
 from mrlkit.testing.http import wait_for_status
 from mrlkit.testing.s3_server import free_port
 
@@ -72,16 +70,13 @@ serve_load = load_serve_load()
 
 
 @pytest.fixture(scope="module")
-def serve_base(ray_local, tiny_model, tmp_path_factory):
-    """Serve on a free 127.0.0.1 port; yields (base URL, model folder). Apps are deployed by each test."""
+def serve_base(ray_local, tiny_mrl_model):
+    """Serve on a free 127.0.0.1 port; yields (base URL, model folder with DIMS). Apps are deployed by each test."""
     from ray import serve
 
-    folder = tmp_path_factory.mktemp("faults") / "tiny-mrl"
-    shutil.copytree(tiny_model, folder)
-    write_metadata(folder, MrlMetadata(base_model="tiny", matryoshka_dims=DIMS))
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    yield f"http://127.0.0.1:{port}", str(folder)
+    yield f"http://127.0.0.1:{port}", tiny_mrl_model
     serve.shutdown()
 
 

@@ -10,14 +10,12 @@ still gets its embedding after every bad one.
 from __future__ import annotations
 
 import json
-import shutil
 
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mrlkit.models import MrlMetadata, write_metadata
 from mrlkit.testing.http import wait_for_status
 from mrlkit.testing.s3_server import free_port
 
@@ -29,18 +27,15 @@ SETTINGS = settings(max_examples=150, deadline=None, database=None,
 
 
 @pytest.fixture(scope="module")
-def endpoint(ray_local, tiny_model, tmp_path_factory):
+def endpoint(ray_local, tiny_mrl_model):
     from ray import serve
 
     from mrlkit.serve.app import AppArgs, EmbeddingsDeployment
 
-    folder = tmp_path_factory.mktemp("fuzz") / "tiny-mrl"
-    shutil.copytree(tiny_model, folder)
-    write_metadata(folder, MrlMetadata(base_model="tiny", matryoshka_dims=DIMS))
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    args = AppArgs(model=str(folder), model_name="tiny", max_batch_size=8, batch_wait_timeout_s=0.01,
-                   max_inputs_per_request=8, max_request_bytes=20_000)
+    args = AppArgs(model=tiny_mrl_model, model_name="tiny", max_batch_size=8, batch_wait_timeout_s=0.01,
+                   max_inputs_per_request=8, max_request_bytes=20_000)  # the model's trained dims are DIMS
     serve.run(EmbeddingsDeployment.options(name="Fuzz", ray_actor_options={"num_cpus": 0.25}).bind(args),
               name="fuzz", route_prefix="/fuzz")
     base = f"http://127.0.0.1:{port}/fuzz"

@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import base64
-import shutil
 
 import numpy as np
 import pytest
 
 from mrlkit.errors import ModelError
-from mrlkit.models import MrlMetadata, write_metadata
 from mrlkit.serve.embedder import Embedder, default_model_name, encode_vector
 
 
 @pytest.fixture(scope="module")
-def mrl_folder(tiny_model, tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("emb") / "tiny-mrl"
-    shutil.copytree(tiny_model, folder)
-    write_metadata(folder, MrlMetadata(base_model="tiny", matryoshka_dims=[32, 16, 8]))
-    return str(folder)
+def mrl_folder(tiny_mrl_model) -> str:
+    return tiny_mrl_model
 
 
 @pytest.fixture(scope="module")
