@@ -34,6 +34,7 @@ import yaml
 
 from mrlkit.config_schema import PipelineConfig, Problem
 from mrlkit.errors import ConfigError
+from mrlkit.models import is_local_path
 from mrlkit.storage import is_s3_uri
 
 __all__ = ["PipelineConfig", "config_from_dict", "config_hash", "config_to_dict", "load_config"]
@@ -110,8 +111,7 @@ def with_absolute_paths(cfg: PipelineConfig) -> PipelineConfig:
     Why: Ray Train runs each worker in a folder of its own (the run's artifacts folder),
     so ``./mrlkit-data`` in a worker is not the driver's ``./mrlkit-data``. Stages call
     this in the driver, before any config travels to a worker. ``s3://`` URIs and hub
-    ids are left alone; a model reference counts as a path when it starts with ``.``,
-    ``/`` or ``~`` or names an existing folder (the rule of :func:`mrlkit.models.resolve_model`).
+    ids are left alone; which model references are paths is :func:`mrlkit.models.is_local_path`'s rule.
     """
 
     def local(uri: str | None) -> str | None:
@@ -120,7 +120,7 @@ def with_absolute_paths(cfg: PipelineConfig) -> PipelineConfig:
         return os.path.abspath(os.path.expanduser(uri))
 
     def model(ref: str | None) -> str | None:
-        if ref is None or is_s3_uri(ref) or not (ref.startswith((".", "/", "~")) or Path(ref).is_dir()):
+        if ref is None or is_s3_uri(ref) or not is_local_path(ref):
             return ref
         return os.path.abspath(os.path.expanduser(ref))
 

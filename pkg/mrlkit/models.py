@@ -47,6 +47,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MRLKIT_CACHE", Path.home() / ".cache" / "mrlkit"))
 
 
+def is_local_path(ref: str) -> bool:
+    """Whether a model reference that is not ``s3://`` names a local folder rather than a hub id."""
+    return ref.startswith((".", "/", "~")) or Path(ref).expanduser().exists()
+
+
 def resolve_model(ref: str) -> str:
     """Turn a model reference into something ``SentenceTransformer(...)`` loads: a local folder or a hub id."""
     if not isinstance(ref, str) or not ref.strip():
@@ -59,7 +64,7 @@ def resolve_model(ref: str) -> str:
             return str(offline)
         return ref
     path = Path(ref).expanduser()
-    if path.exists() or ref.startswith((".", "/", "~")):
+    if is_local_path(ref):
         if not path.is_dir():
             raise ModelError(f"model folder {ref!r} does not exist")
         if not (path / "modules.json").is_file() and not (path / "config.json").is_file():

@@ -126,7 +126,8 @@ class S3Settings:
         return self.endpoint or f"AWS S3 ({self.region})"
 
 
-def _attempts() -> int:
+def attempts() -> int:
+    """Tries per storage request (``MRLKIT_STORAGE_ATTEMPTS``, default 5), for every retry loop in mrlkit."""
     try:
         return max(1, int(os.environ.get("MRLKIT_STORAGE_ATTEMPTS", "5")))
     except ValueError:
@@ -164,24 +165,24 @@ def _explain(exc: BaseException, uri: str, settings: S3Settings) -> StorageError
         return StorageError(f"{uri}: S3 error {code} from {settings.where()}")
     if _is_transient(exc):
         return StorageError(f"{uri}: cannot reach S3 endpoint {settings.where()} "
-                            f"after {_attempts()} attempts ({type(exc).__name__})")
+                            f"after {attempts()} attempts ({type(exc).__name__})")
     return StorageError(f"{uri}: {type(exc).__name__}: {exc}")
 
 
 def with_retries(action: Callable[[], T], uri: str, settings: S3Settings) -> T:
     """Run an S3 action, retrying transient errors with jittered exponential backoff, then one clear error."""
-    attempts = _attempts()
-    for attempt in range(1, attempts + 1):
+    tries = attempts()
+    for attempt in range(1, tries + 1):
         try:
             return action()
         except Exception as exc:
             if isinstance(exc, StorageError):
                 raise
-            if not _is_transient(exc) or attempt == attempts:
+            if not _is_transient(exc) or attempt == tries:
                 raise _explain(exc, uri, settings) from None
             delay = min(4.0, 0.25 * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
             log.warning("storage: %s on %s (attempt %d/%d); retrying in %.1fs",
-                        type(exc).__name__, uri, attempt, attempts, delay)
+                        type(exc).__name__, uri, attempt, tries, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
 
@@ -223,7 +224,7 @@ def pyarrow_filesystem(uri: str) -> tuple[Any, str]:
         return pafs.LocalFileSystem(), loc.path
     settings = S3Settings.from_env()
     kwargs: dict[str, Any] = {"region": settings.region,
-                              "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=_attempts()),
+                              "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=attempts()),
                               "connect_timeout": 3, "request_timeout": 60}
     if settings.access_key:
         kwargs.update(access_key=settings.access_key, secret_key=settings.secret_key,

@@ -51,6 +51,10 @@ class ChunkTable:
     chunk_ids: list[str]
     counts: dict[str, Any] = field(default_factory=dict)
 
+    def kept_index(self, i: int) -> int:
+        """The kept chunk that stands for chunk ``i``: itself, the one it duplicates, or -1 (dropped)."""
+        return i if self.keep[i] else int(self.dup_of[i])
+
     def iter_rows(self, columns: tuple[str, ...] = STAGING_COLUMNS, batch_rows: int = 4096):
         """Yield ``(index, row dict)`` for every staged chunk, kept or not, in order."""
         import pyarrow.parquet as pq

@@ -81,7 +81,7 @@ def build_pairs(cfg: PipelineConfig, chunks: ChunkTable, qrels: Qrels | None = N
     qrels_texts: dict[str, str] = {}  # the judged documents' texts, for (query, document) pairs after the pass
     judged = _judged_targets(chunks, qrels) if source == "qrels" else set()
     for i, row in chunks.iter_rows():
-        target = i if chunks.keep[i] else int(chunks.dup_of[i])
+        target = chunks.kept_index(i)
         if target < 0:
             continue
         cid = chunks.chunk_ids[target]
@@ -188,7 +188,7 @@ def _judged_targets(chunks: ChunkTable, qrels: Qrels | None) -> set[str]:
     for doc in {doc for docs in qrels.relevant.values() for doc in docs}:
         i = index.get(doc)
         if i is not None:
-            t = i if chunks.keep[i] else int(chunks.dup_of[i])
+            t = chunks.kept_index(i)
             if t >= 0:
                 out.add(chunks.chunk_ids[t])
     return out
@@ -210,7 +210,7 @@ def _qrels_pairs(out: PairSets, chunks: ChunkTable, qrels: Qrels | None, comp: l
             if i is None:
                 out.counts["qrels_unknown_document"] += 1
                 continue
-            t = i if chunks.keep[i] else int(chunks.dup_of[i])
+            t = chunks.kept_index(i)
             if t >= 0 and chunks.chunk_ids[t] not in targets:
                 targets.append(chunks.chunk_ids[t])
         if not targets:

@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 from transformers import TrainerCallback
 
+from mrlkit import storage
+
 log = logging.getLogger("mrlkit.train")
 T = TypeVar("T")
 
@@ -117,13 +119,6 @@ def with_backoff(action: Callable[[], T], what: str, attempts: int = 5, first_de
     raise AssertionError("unreachable")
 
 
-def upload_attempts() -> int:
-    try:
-        return max(1, int(os.environ.get("MRLKIT_STORAGE_ATTEMPTS", "5")))
-    except ValueError:
-        return 5
-
-
 def retrying_upload(checkpoint: Any, checkpoint_dir_name: str) -> Any:
     """``checkpoint_upload_fn`` for ``ray.train.report``: Ray's own copy, retried on transient storage errors.
 
@@ -132,9 +127,9 @@ def retrying_upload(checkpoint: Any, checkpoint_dir_name: str) -> Any:
     """
     import ray.train
 
-    storage = ray.train.get_context().get_storage()
-    return with_backoff(lambda: storage.persist_current_checkpoint(checkpoint, checkpoint_dir_name),
-                        f"checkpoint upload {checkpoint_dir_name}", attempts=upload_attempts())
+    run_context_storage = ray.train.get_context().get_storage()
+    return with_backoff(lambda: run_context_storage.persist_current_checkpoint(checkpoint, checkpoint_dir_name),
+                        f"checkpoint upload {checkpoint_dir_name}", attempts=storage.attempts())
 
 
 class RayReportCallback(TrainerCallback):

@@ -106,7 +106,5 @@ def ray_storage(uri: str) -> tuple[pafs.FileSystem, str]:
     """``(storage_filesystem, storage_path)`` for ``ray.train.RunConfig`` at ``uri`` (local or ``s3://``)."""
     fs, path = storage.pyarrow_filesystem(uri)
     if storage.is_s3_uri(uri):
-        from mrlkit.train.callbacks import upload_attempts
-
-        fs = pafs.PyFileSystem(KeysOnlyS3Handler(fs, upload_attempts()))
+        fs = pafs.PyFileSystem(KeysOnlyS3Handler(fs, storage.attempts()))
     return fs, path
