@@ -7,8 +7,11 @@ texts with a random dimension, until ``--requests`` requests or ``--seconds`` ha
 Reports requests/s, texts/s, p50/p95/p99 latency and errors; then the ratio of served
 texts/s to raw ``encode`` texts/s measured on the same model, texts and CPU in this run
 (raw before and after the served load, Ray not running, so the two never compete; the ratio
-uses their mean). Clients ask for
-``encoding_format: base64``, as the OpenAI Python client does by default.
+uses their mean). Raw encode runs at its best split of the cores (torch on all of them, or one
+encoder thread per core, which a replica also does by default: ``--concurrent-batches``).
+Clients ask for ``encoding_format: base64``, as the OpenAI Python client does by default. The
+result also says how many cores the replica, Serve's proxy and controller, the load generator and
+the rest of Ray used during the load: on a small machine they all share the cores raw encode had.
 
 ``--soak-seconds S`` runs the load for S seconds instead (no request bound) and reports the
 replica's RSS at start and end and the p99 of each half (reliability work: a leak shows as steady
@@ -49,9 +52,12 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)) * 1000, 1) if values else None
 
 
-def raw_encode_throughput(model: str, texts: list[str], batch_size: int, seconds: float,
-                          threads: int) -> dict[str, Any]:
-    """Texts/s of ``Embedder.encode_full`` (one ``model.encode`` per batch) in this process on ``threads`` threads."""
+def raw_encode_throughput(model: str, texts: list[str], batch_size: int, seconds: float, threads: int,
+                          encoders: int = 1) -> dict[str, Any]:
+    """Texts/s of ``Embedder.encode_full`` (one ``model.encode`` per batch) in this process: ``encoders`` Python
+    threads each encoding back to back, torch on ``threads`` threads (the same split a replica can use)."""
+    import threading
+
     import torch
 
     from mrlkit.serve.embedder import Embedder
@@ -59,15 +65,84 @@ def raw_encode_throughput(model: str, texts: list[str], batch_size: int, seconds
     torch.set_num_threads(threads)
     emb = Embedder.load(model, allow_any_dimension=True)
     emb.encode_full(texts[:batch_size])  # warm-up
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        start = (done % len(texts))
-        batch = (texts * 2)[start:start + batch_size]
-        emb.encode_full(batch)
-        done += len(batch)
+    done = [0] * encoders
+    deadline = time.perf_counter() + seconds
+
+    def encode_loop(worker: int) -> None:
+        start = worker * len(texts) // encoders
+        while time.perf_counter() < deadline:
+            offset = (start + done[worker]) % len(texts)
+            batch = (texts * 2)[offset:offset + batch_size]
+            emb.encode_full(batch)
+            done[worker] += len(batch)
+
+    started = time.perf_counter()
+    workers = [threading.Thread(target=encode_loop, args=(w,)) for w in range(encoders)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
     elapsed = time.perf_counter() - started
-    return {"texts": done, "seconds": round(elapsed, 2), "texts_per_s": round(done / elapsed, 1),
-            "batch_size": batch_size, "torch_threads": torch.get_num_threads(), "full_dim": emb.full_dim}
+    total = sum(done)
+    return {"texts": total, "seconds": round(elapsed, 2), "texts_per_s": round(total / elapsed, 1),
+            "batch_size": batch_size, "torch_threads": torch.get_num_threads(), "encoders": encoders,
+            "full_dim": emb.full_dim}
+
+
+def replica_stats(handle: Any, replicas: int) -> dict[str, Any]:
+    """Every replica's ``stats()`` summed (counts and totals; the first replica's settings). The handle picks a
+    replica per call, so call until each has answered."""
+    seen: dict[int, dict[str, Any]] = {}
+    for _ in range(50 * replicas):
+        stats = handle.stats.remote().result()
+        seen[stats["pid"]] = stats
+        if len(seen) == replicas:
+            break
+    if len(seen) < replicas:
+        raise RuntimeError(f"only {len(seen)} of {replicas} replicas answered stats()")
+    first, *rest = seen.values()
+    total = dict(first)
+    for other in rest:
+        for key in ("batches", "batched_texts", "forward_seconds", "rss_bytes"):
+            total[key] += other[key]
+        total["max_batch_size_seen"] = max(total["max_batch_size_seen"], other["max_batch_size_seen"])
+    total["pids"] = sorted(seen)
+    total["mean_batch_size"] = round(total["batched_texts"] / total["batches"], 2) if total["batches"] else 0.0
+    return total
+
+
+def cpu_seconds_by_role() -> dict[str, float]:
+    """CPU seconds (user + system) so far of every process on this machine, summed by what it is for the load."""
+    import psutil
+
+    me = os.getpid()
+    totals: dict[str, float] = {}
+    for proc in psutil.process_iter(["pid", "cmdline", "cpu_times"]):
+        try:
+            times, cmdline = proc.info["cpu_times"], " ".join(proc.info["cmdline"] or [])
+        except psutil.Error:
+            continue
+        if times is None:
+            continue
+        if proc.info["pid"] == me:
+            role = "load_generator"
+        elif "ServeReplica" in cmdline:
+            role = "replica"
+        elif "ProxyActor" in cmdline:
+            role = "serve_proxy"
+        elif "ServeController" in cmdline:
+            role = "serve_controller"
+        elif "ray" in cmdline:
+            role = "other_ray"
+        else:
+            role = "other_processes"
+        totals[role] = totals.get(role, 0.0) + times.user + times.system
+    return totals
+
+
+def cpu_share_by_role(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
+    """Cores each role used on average over ``seconds`` (1.0 = one core busy the whole time)."""
+    return {role: round((after[role] - before.get(role, 0.0)) / seconds, 3) for role in sorted(after)}
 
 
 def answer_key(response: Any, n_inputs: int) -> str:
@@ -181,7 +256,12 @@ def main() -> int:
     parser.add_argument("--raw-seconds", type=float, default=15.0)
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--batch-wait-s", type=float, default=0.005)
-    parser.add_argument("--replica-cpus", type=float, default=float(os.cpu_count() or 1))
+    parser.add_argument("--concurrent-batches", type=int, default=1, help="replica's max_concurrent_batches")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="replica's torch threads per forward pass (default: its CPUs / concurrent batches)")
+    parser.add_argument("--replicas", type=int, default=os.cpu_count() or 1,
+                        help="replicas (default: one per CPU, as serve.num_cpus: 1 gives)")
+    parser.add_argument("--replica-cpus", type=float, default=None, help="default: the machine's CPUs / replicas")
     parser.add_argument("--soak-seconds", type=float, default=None, help="time-bounded soak; reports replica RSS")
     parser.add_argument("--name", default="serve_load")
     ns = parser.parse_args()
@@ -191,13 +271,17 @@ def main() -> int:
     texts = make_texts(2000)
 
     load_before = os.getloadavg()
-    # On a busy machine torch on every core can be far slower than on one (threads wait for each other), so
-    # the baseline is the best thread count, and the replica runs with that same count.
-    raw_by_threads = {n: raw_encode_throughput(ns.model, texts, ns.max_batch_size, ns.raw_seconds, n)
-                      for n in sorted({1, os.cpu_count() or 1})}
-    threads = max(raw_by_threads, key=lambda n: raw_by_threads[n]["texts_per_s"])
-    raw_before = raw_by_threads[threads]
-    print(f"raw encode (before): {raw_before['texts_per_s']} texts/s on {threads} thread(s)", flush=True)
+    # The baseline is raw encode at its best split of this machine's cores: torch on every core, or several
+    # encoders of fewer threads each (on a shared machine one pass on every core can be far slower, as its
+    # threads wait for each other). The replica runs the split the command line gives it.
+    cpus = os.cpu_count() or 1
+    splits = sorted({(1, 1), (cpus, 1), (1, cpus)})
+    raw_by_split = {f"{t}x{e}": raw_encode_throughput(ns.model, texts, ns.max_batch_size, ns.raw_seconds, t, e)
+                    for t, e in splits}
+    best = max(raw_by_split, key=lambda k: raw_by_split[k]["texts_per_s"])
+    raw_before = raw_by_split[best]
+    print(f"raw encode (before): {raw_before['texts_per_s']} texts/s with {best} (torch threads x encoders); "
+          f"all: { {k: r['texts_per_s'] for k, r in raw_by_split.items()} }", flush=True)
 
     import ray
     from ray import serve
@@ -211,11 +295,12 @@ def main() -> int:
         port = s.getsockname()[1]
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = AppArgs(model=ns.model, model_name="bench", allow_any_dimension=True, max_batch_size=ns.max_batch_size,
-                   batch_wait_timeout_s=ns.batch_wait_s, max_inputs_per_request=max(ns.max_texts, 16))
-    max_ongoing = max(ns.clients, ns.max_batch_size)
-    app = EmbeddingsDeployment.options(max_ongoing_requests=max_ongoing,
-                                       ray_actor_options={"num_cpus": ns.replica_cpus, "runtime_env": {
-                                           "env_vars": {"OMP_NUM_THREADS": str(threads)}}}).bind(args)
+                   batch_wait_timeout_s=ns.batch_wait_s, max_inputs_per_request=max(ns.max_texts, 16),
+                   max_concurrent_batches=ns.concurrent_batches, torch_threads=ns.torch_threads)
+    max_ongoing = max(ns.clients, ns.max_batch_size * ns.concurrent_batches)
+    replica_cpus = ns.replica_cpus or float(os.cpu_count() or 1) / ns.replicas
+    app = EmbeddingsDeployment.options(max_ongoing_requests=max_ongoing, num_replicas=ns.replicas,
+                                       ray_actor_options={"num_cpus": replica_cpus}).bind(args)
     serve.run(app, name="bench", route_prefix="/", blocking=False)
     base = f"http://127.0.0.1:{port}"
     wait_for_status(f"{base}/health", timeout_s=300, interval_s=1.0)  # never measure an app that is not up
@@ -223,34 +308,49 @@ def main() -> int:
     url = f"{base}/v1/embeddings"
     soaked = None
     if ns.soak_seconds is not None:
+        cpu_before = cpu_seconds_by_role()
         soaked = soak(url, handle, texts, dims, clients=ns.clients, seconds=ns.soak_seconds, max_texts=ns.max_texts)
         load, start_stats, end_stats = soaked["load"], soaked["start_stats"], soaked["end_stats"]
+        cpu_share = cpu_share_by_role(cpu_before, cpu_seconds_by_role(), load["seconds"])
     else:
         asyncio.run(run_load(url, texts, dims, clients=4, max_requests=40, seconds=30, max_texts=ns.max_texts,
                              seed=1))
-        start_stats = handle.stats.remote().result()
+        start_stats = replica_stats(handle, ns.replicas)
+        cpu_before = cpu_seconds_by_role()
         load = asyncio.run(run_load(url, texts, dims, clients=ns.clients, max_requests=ns.requests,
                                     seconds=ns.seconds, max_texts=ns.max_texts, seed=2))
-        end_stats = handle.stats.remote().result()
+        cpu_share = cpu_share_by_role(cpu_before, cpu_seconds_by_role(), load["seconds"])
+        end_stats = replica_stats(handle, ns.replicas)
     serve.shutdown()
     ray.shutdown()
     # Raw again after the load, so a change in what else runs on the machine shows instead of skewing the ratio.
-    raw_after = raw_encode_throughput(ns.model, texts, ns.max_batch_size, ns.raw_seconds, threads)
+    threads, encoders = raw_before["torch_threads"], raw_before["encoders"]
+    raw_after = raw_encode_throughput(ns.model, texts, ns.max_batch_size, ns.raw_seconds, threads, encoders)
     print(f"raw encode (after): {raw_after['texts_per_s']} texts/s", flush=True)
     raw = {**raw_before, "texts_per_s": round((raw_before["texts_per_s"] + raw_after["texts_per_s"]) / 2, 1),
            "texts_per_s_before": raw_before["texts_per_s"], "texts_per_s_after": raw_after["texts_per_s"],
-           "texts_per_s_by_threads_before": {n: r["texts_per_s"] for n, r in raw_by_threads.items()}}
+           "texts_per_s_by_split_before": {k: r["texts_per_s"] for k, r in raw_by_split.items()},
+           "split": "torch threads x concurrent encoders"}
 
     batches = end_stats["batches"] - start_stats["batches"]
+    texts_batched = end_stats["batched_texts"] - start_stats["batched_texts"]
+    forward_s = end_stats["forward_seconds"] - start_stats["forward_seconds"]
     ratio = round(load["texts_per_s"] / raw["texts_per_s"], 3) if raw["texts_per_s"] else None
     figures: dict[str, Any] = {
         "model": ns.model, "dims_requested": dims, "texts_per_request": f"1-{ns.max_texts}",
         "encoding_format": "base64",
         "server": {"max_batch_size": ns.max_batch_size, "batch_wait_timeout_s": ns.batch_wait_s,
-                   "max_ongoing_requests": max_ongoing, "replicas": 1, "replica_num_cpus": ns.replica_cpus,
-                   "replica_torch_threads": threads,
-                   "batches_during_load": batches, "mean_batch_size_overall": end_stats["mean_batch_size"]},
+                   "max_ongoing_requests": max_ongoing, "replicas": ns.replicas, "replica_num_cpus": replica_cpus,
+                   "max_concurrent_batches": end_stats["max_concurrent_batches"],
+                   "replica_torch_threads": end_stats["torch_threads"],
+                   "batches_during_load": batches,
+                   "mean_batch_size_during_load": round(texts_batched / batches, 2) if batches else None,
+                   "forward_seconds_during_load": round(forward_s, 2),
+                   "forward_ms_per_text_during_load": round(1000 * forward_s / texts_batched, 2)
+                   if texts_batched else None},
         "raw_encode": raw, "serve": load,
+        # Where the machine's cores went during the load (raw encode had them all to itself).
+        "cores_used_during_load": cpu_share,
         "load_average_1m": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2),
                             "note": "other work on this shared machine; high values depress every figure"},
         "served_over_raw_texts_per_s": ratio,

@@ -359,6 +359,8 @@ class ServeConfig:
     truncate_long_inputs: bool = True
     max_batch_size: int = 32
     batch_wait_timeout_s: float = 0.005
+    max_concurrent_batches: int = 1
+    torch_threads: int | None = None
     max_ongoing_requests: int = 64
     max_inputs_per_request: int = 256
     max_request_bytes: int = 2_000_000
@@ -379,11 +381,13 @@ class ServeConfig:
             raise Problem("route_prefix", f"must start with '/', got {self.route_prefix!r}")
         _positive("max_batch_size", self.max_batch_size)
         _positive("batch_wait_timeout_s", self.batch_wait_timeout_s, 0)
-        if self.max_ongoing_requests < self.max_batch_size:
+        _positive("max_concurrent_batches", self.max_concurrent_batches)
+        _positive("torch_threads", self.torch_threads)
+        if self.max_ongoing_requests < self.max_batch_size * self.max_concurrent_batches:
             raise Problem(
                 "max_ongoing_requests",
-                f"must be at least max_batch_size ({self.max_batch_size}) or batches never fill, "
-                f"got {self.max_ongoing_requests}",
+                f"must be at least max_batch_size x max_concurrent_batches ({self.max_batch_size} x "
+                f"{self.max_concurrent_batches}) or batches never fill, got {self.max_ongoing_requests}",
             )
         _positive("max_inputs_per_request", self.max_inputs_per_request)
         _positive("max_request_bytes", self.max_request_bytes, 64)

@@ -100,7 +100,7 @@ def test_helm_lint_strict_passes(helm):
     ({"pipelineYaml": "- 1\n- 2\n"}, "pipelineYaml is not a YAML mapping of config sections"),
     ({"pipelineYaml": "train:\n  epochs: 1\n"}, "pipeline.name is required"),
     ({"serve": {"enabled": True, "maxOngoingRequests": 8, "maxBatchSize": 32}},
-     "serve.maxOngoingRequests (8) must be at least serve.maxBatchSize (32)"),
+     "serve.maxOngoingRequests (8) must be at least serve.maxBatchSize x serve.maxConcurrentBatches (32 x 1)"),
     ({"serve": {"enabled": True, "numGpus": 1}}, "serve.numGpus > 0 needs workers.gpu.enabled"),
 ])
 def test_bad_values_fail_with_a_message_naming_the_value(render_error, values, message):

@@ -25,8 +25,9 @@ def mrl_model(tiny_mrl_model) -> str:
 
 @pytest.fixture(scope="module")
 def server(ray_local, mrl_model):
-    """Serve on a free port: ``tiny`` at / (batch 8, 50 ms wait), ``strict`` at /strict (rejects over-long
-    input, any dimension), ``broken`` at /broken (its model folder does not exist yet)."""
+    """Serve on a free port: ``tiny`` at / (batch 8, 50 ms wait, 2 concurrent batches), ``strict`` at /strict
+    (rejects over-long input, any dimension, batches of 3 texts, 1 at a time), ``broken`` at /broken (its
+    model folder does not exist yet)."""
     from ray import serve
 
     from mrlkit.serve.app import AppArgs, EmbeddingsDeployment
@@ -34,9 +35,11 @@ def server(ray_local, mrl_model):
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = AppArgs(model=mrl_model, model_name="tiny", max_batch_size=8, batch_wait_timeout_s=0.05,
-                   max_inputs_per_request=MAX_INPUTS, max_request_bytes=MAX_BYTES, truncate_long_inputs=True)
+                   max_inputs_per_request=MAX_INPUTS, max_request_bytes=MAX_BYTES, truncate_long_inputs=True,
+                   max_concurrent_batches=2)
     small = {"ray_actor_options": {"num_cpus": 0.25}}
-    strict = args.model_copy(update={"truncate_long_inputs": False, "allow_any_dimension": True})
+    strict = args.model_copy(update={"truncate_long_inputs": False, "allow_any_dimension": True,
+                                     "max_concurrent_batches": 1, "max_batch_size": 3})
     broken = AppArgs(model=mrl_model + "-missing", model_retry_interval_s=1)
     # Deployed together so the three replicas start in parallel.
     serve.run_many([
@@ -221,3 +224,33 @@ def test_batches_are_shared_and_metrics_counted(server):
     assert after["max_batch_size_seen"] > 1  # requests for different dims shared a forward pass
     assert after["counts"]["dimensions.8"] >= 2 and after["counts"]["tokens"] > before["counts"].get("tokens", 0)
     assert any(key.startswith("errors.400.") for key in after["counts"])
+
+
+@pytest.mark.parametrize(("app", "prefix", "concurrency"), [("tiny", "", 2), ("strict", "/strict", 1)])
+def test_forward_passes_run_concurrently_up_to_the_configured_number(server, app, prefix, concurrency):
+    from ray import serve
+
+    deployment = "Embeddings" if app == "tiny" else "Strict"
+    handle = serve.get_deployment_handle(deployment, app_name=app)
+    # Texts at the model's length limit make each forward pass last long enough for the next batch to form.
+    max_tokens = httpx.get(f"{server}{prefix}/v1/models").json()["data"][0]["max_input_tokens"]
+    text = " ".join(["token"] * (max_tokens - 2))
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=server, timeout=60) as client:
+            return await asyncio.gather(*(client.post(prefix + "/v1/embeddings", json={"input": [text] * 4})
+                                          for _ in range(24)))
+
+    assert all(r.status_code == 200 for r in asyncio.run(burst()))
+    stats = handle.stats.remote().result()
+    assert stats["max_concurrent_batches"] == concurrency
+    assert stats["torch_threads"] == 1  # 0.25 CPUs: one thread per pass
+    assert stats["most_forward_passes_in_flight"] == concurrency
+
+
+def test_a_request_larger_than_a_batch_is_split_and_keeps_its_order(server):
+    texts = [f"text number {i} about revenue" for i in range(MAX_INPUTS)]  # 8 texts, batches of 3 at /strict
+    together = vectors(post(server, {"input": texts, "dimensions": 20}, path="/strict/v1/embeddings"))
+    alone = np.concatenate([vectors(post(server, {"input": t, "dimensions": 20}, path="/strict/v1/embeddings"))
+                            for t in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-5)

@@ -21,6 +21,7 @@ annotation at run time to validate the args against :class:`AppArgs`.
 """
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -65,6 +66,10 @@ class AppArgs(BaseModel):
     truncate_long_inputs: bool = Field(default=True, description="truncate over-long text; false: reject (400)")
     max_batch_size: int = Field(default=32, ge=1, description="texts per forward pass (@serve.batch)")
     batch_wait_timeout_s: float = Field(default=0.005, ge=0, description="longest wait for a batch to fill")
+    max_concurrent_batches: int = Field(default=1, ge=1, description="forward passes a replica runs at once")
+    torch_threads: int | None = Field(default=None, ge=1,
+                                      description="CPU threads per forward pass; default: replica CPUs / "
+                                                  "max_concurrent_batches (at least 1)")
     max_inputs_per_request: int = Field(default=256, ge=1, description="more inputs get 413")
     max_request_bytes: int = Field(default=2_000_000, ge=64, description="a larger body gets 413")
     # Added beyond the chart's list: a replica whose model failed to load retries this often (from Serve's
@@ -93,6 +98,21 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     return _error_response(ApiError(exc.status_code, str(exc.detail), code="http_error"))
 
 
+def _count_texts(pieces: list[list[str]]) -> int:
+    """A batch's size for ``@serve.batch``: the texts in its pieces (a request joins as one piece or a few)."""
+    return sum(len(piece) for piece in pieces)
+
+
+def _replica_cpus() -> float:
+    """CPUs Ray assigned to this replica (``ray_actor_options.num_cpus``); 1 outside Ray."""
+    try:
+        import ray
+
+        return float(ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0))
+    except Exception:  # not in a Ray worker (a unit test constructing the class directly)
+        return 1.0
+
+
 def _rss_bytes() -> int | None:
     try:
         import psutil
@@ -115,9 +135,30 @@ class EmbeddingsDeployment:
         self.not_ready_reason: str | None = "model is loading"
         self._last_attempt = 0.0
         self._loading = threading.Lock()
+        self.torch_threads = self._configure_batching()
+        self._load_model()
+
+    def _configure_batching(self) -> int:
+        """Batch size, wait and concurrency from the args; the torch threads each forward pass gets.
+
+        On CPU, torch on several threads loses much of its speed once anything else (Serve's proxy, the
+        request handling on this replica's event loop) shares the cores: the threads of one pass wait for
+        each other at every operator, and a preempted thread stalls them all. Passes on one thread each do
+        not wait for each other, so the replica's CPUs are split between its ``max_concurrent_batches``
+        passes. One replica per CPU (``num_cpus: 1``, the default) measured best on a 2-core machine
+        (benchmarks/results/serve_load*.json): concurrent passes in one process also share its GIL.
+        """
+        import torch
+
         self.embed_batch.set_max_batch_size(self.args.max_batch_size)
         self.embed_batch.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
-        self._load_model()
+        # Ray Serve has no setter for max_concurrent_batches, but its batch queue is created lazily from this
+        # attribute on the first request; set it before any request. test_serve_app checks that it takes effect.
+        lazy_queue = self.embed_batch.set_max_batch_size.__self__
+        lazy_queue.max_concurrent_batches = self.args.max_concurrent_batches
+        threads = self.args.torch_threads or max(1, int(_replica_cpus()) // self.args.max_concurrent_batches)
+        torch.set_num_threads(threads)
+        return threads
 
     # -- model loading: never raises, so a bad model is reported instead of crash-looping ----------
 
@@ -187,7 +228,8 @@ class EmbeddingsDeployment:
     def stats(self) -> dict[str, Any]:
         """This replica's metric counts (for tests and benchmarks; Prometheus has the same numbers)."""
         return {"ready": self.embedder is not None, "reason": self.not_ready_reason, "pid": os.getpid(),
-                "rss_bytes": _rss_bytes(), **self.metrics.snapshot()}
+                "rss_bytes": _rss_bytes(), "torch_threads": self.torch_threads,
+                "max_concurrent_batches": self.args.max_concurrent_batches, **self.metrics.snapshot()}
 
     # -- the work -----------------------------------------------------------------------------------
 
@@ -204,8 +246,11 @@ class EmbeddingsDeployment:
             raise ApiError(400, f"'input[{i}]' is longer than the model's maximum of {emb.max_seq_length} tokens "
                            f"({len(check.too_long)} input(s) too long); shorten it, or run the server with "
                            "truncate_long_inputs: true", param="input", code="input_too_long")
-        # Each text joins the shared batch on its own; the batcher encodes them all at full dimension.
-        results = await asyncio.gather(*(self.embed_batch(t) for t in texts))
+        # The request joins the shared batch as pieces of at most max_batch_size texts (the batcher counts texts,
+        # not pieces); every text of the batch is encoded at full dimension.
+        size = self.args.max_batch_size
+        pieces = await asyncio.gather(*(self.embed_batch(texts[i:i + size]) for i in range(0, len(texts), size)))
+        results = [result for piece in pieces for result in piece]
         failed = next((r for r in results if isinstance(r, BaseException)), None)
         if failed is not None:
             raise failed
@@ -244,11 +289,21 @@ class EmbeddingsDeployment:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def embed_batch(self, texts: list[str]) -> list[Any]:
-        """One forward pass for a batch of texts from any number of requests; per-item errors stay per-item."""
-        self.metrics.batch(len(texts))
-        return await asyncio.to_thread(self._ready().encode_isolated, texts)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=_count_texts)
+    async def embed_batch(self, pieces: list[list[str]]) -> list[list[Any]]:
+        """One forward pass over the texts of pieces from any number of requests; per-text errors stay per-text.
+
+        Returns, per piece, one full-dimension vector or exception per text.
+        """
+        texts = [text for piece in pieces for text in piece]
+        started = time.perf_counter()
+        self.metrics.forward_started()
+        try:
+            results = await asyncio.to_thread(self._ready().encode_isolated, texts)
+        finally:
+            self.metrics.batch(len(texts), time.perf_counter() - started)
+        bounds = itertools.accumulate((len(piece) for piece in pieces), initial=0)
+        return [results[lo:hi] for lo, hi in itertools.pairwise(bounds)]
 
 
 # -- building the app -----------------------------------------------------------------------------
@@ -267,6 +322,7 @@ def app_args_from_config(cfg: PipelineConfig) -> AppArgs:
     return AppArgs(model=s.model or layout.model_uri(cfg), model_name=s.model_name or (None if s.model else cfg.run),
                    allow_any_dimension=s.allow_any_dimension, truncate_long_inputs=s.truncate_long_inputs,
                    max_batch_size=s.max_batch_size, batch_wait_timeout_s=s.batch_wait_timeout_s,
+                   max_concurrent_batches=s.max_concurrent_batches, torch_threads=s.torch_threads,
                    max_inputs_per_request=s.max_inputs_per_request, max_request_bytes=s.max_request_bytes,
                    model_retry_interval_s=s.model_retry_interval_s)
 

@@ -8,6 +8,8 @@ Exported names (Ray adds the ``ray_`` prefix and Serve's deployment/replica/appl
     mrlkit_serve_tokens_total                         tokens embedded (what ``usage`` reports)
     mrlkit_serve_dimension_requests_total{dimensions} requests by requested dimension ("full" when not given)
     mrlkit_serve_batch_size                           texts per model forward pass (histogram)
+    mrlkit_serve_batch_seconds                        time of one model forward pass (histogram)
+    mrlkit_serve_forward_passes_in_flight             forward passes running now (gauge)
     mrlkit_serve_request_latency_seconds{route}       time from request to response (histogram)
 
 Each replica also keeps the same numbers in memory (:meth:`ServeMetrics.snapshot`),
@@ -28,7 +30,7 @@ class ServeMetrics:
     """Counters and histograms of one replica; create inside the replica (Ray metrics need a running worker)."""
 
     def __init__(self) -> None:
-        from ray.serve.metrics import Counter, Histogram
+        from ray.serve.metrics import Counter, Gauge, Histogram
 
         self._requests = Counter("mrlkit_serve_requests", "Requests answered, by route and HTTP status.",
                                  tag_keys=("route", "status"))
@@ -40,10 +42,16 @@ class ServeMetrics:
                              tag_keys=("dimensions",))
         self._batch = Histogram("mrlkit_serve_batch_size", "Texts per model forward pass.",
                                 boundaries=BATCH_BOUNDARIES)
+        self._batch_seconds = Histogram("mrlkit_serve_batch_seconds", "Seconds per model forward pass.",
+                                        boundaries=LATENCY_BOUNDARIES_S)
+        self._in_flight_gauge = Gauge("mrlkit_serve_forward_passes_in_flight", "Forward passes running now.")
         self._latency = Histogram("mrlkit_serve_request_latency_seconds", "Request latency in seconds.",
                                   boundaries=LATENCY_BOUNDARIES_S, tag_keys=("route",))
         self._tally: _Tally[str] = _Tally()
-        self._batch_sizes: list[int] = []
+        # Running totals, not lists: a replica lives for weeks.
+        self._batches = self._batched_texts = self._largest_batch = 0
+        self._forward_seconds = 0.0
+        self._in_flight = self._most_in_flight = 0
 
     def request(self, route: str, status: int, seconds: float, *, code: str | None = None) -> None:
         self._requests.inc(tags={"route": route, "status": str(status)})
@@ -62,17 +70,30 @@ class ServeMetrics:
         self._tally["tokens"] += tokens
         self._tally[f"dimensions.{dim}"] += 1
 
-    def batch(self, size: int) -> None:
+    def forward_started(self) -> None:
+        self._in_flight += 1
+        self._most_in_flight = max(self._most_in_flight, self._in_flight)
+        self._in_flight_gauge.set(self._in_flight)
+
+    def batch(self, size: int, seconds: float) -> None:
+        """One forward pass of ``size`` texts that took ``seconds`` has ended (call after forward_started)."""
+        self._in_flight -= 1
+        self._in_flight_gauge.set(self._in_flight)
         self._batch.observe(size)
-        self._batch_sizes.append(size)
-        if len(self._batch_sizes) > 10_000:  # bounded memory on a long-lived replica
-            del self._batch_sizes[:5_000]
+        self._batch_seconds.observe(seconds)
+        self._batches += 1
+        self._batched_texts += size
+        self._largest_batch = max(self._largest_batch, size)
+        self._forward_seconds += seconds
 
     def snapshot(self) -> dict[str, Any]:
-        sizes = self._batch_sizes
+        """Totals since the replica started; ``forward_seconds`` is wall time spent in the model."""
         return {
             "counts": dict(self._tally),
-            "batches": len(sizes),
-            "max_batch_size_seen": max(sizes, default=0),
-            "mean_batch_size": round(sum(sizes) / len(sizes), 2) if sizes else 0.0,
+            "batches": self._batches,
+            "batched_texts": self._batched_texts,
+            "max_batch_size_seen": self._largest_batch,
+            "mean_batch_size": round(self._batched_texts / self._batches, 2) if self._batches else 0.0,
+            "forward_seconds": round(self._forward_seconds, 3),
+            "most_forward_passes_in_flight": self._most_in_flight,
         }
