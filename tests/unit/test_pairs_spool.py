@@ -37,3 +37,16 @@ def test_empty_spool_and_bad_bound(tmp_path):
     assert not spool and list(spool) == [] and list(spool.tables()) == []
     with pytest.raises(ValueError, match="max_rows_in_memory must be >= 1"):
         RowSpool(SCHEMA, tmp_path, max_rows_in_memory=0)
+
+
+def test_spills_on_bytes_before_rows_when_rows_are_large(tmp_path):
+    from mrlkit.pairs.spool import ROW_OVERHEAD_BYTES
+
+    big = [{"anchor": "x" * 10_000 + str(i), "relevant_ids": []} for i in range(10)]
+    # ~2.5 rows' worth of bytes: spills every 3 rows though the row bound (1000) is far away
+    spool = RowSpool.of(big, SCHEMA, tmp_path, max_rows_in_memory=1000,
+                        max_bytes_in_memory=int(2.5 * (10_001 + ROW_OVERHEAD_BYTES)))
+    assert len(list(tmp_path.glob("*.parquet"))) == 3  # 9 rows on disk, 1 in memory
+    assert list(spool) == big
+    with pytest.raises(ValueError, match="max_bytes_in_memory must be >= 1"):
+        RowSpool(SCHEMA, tmp_path, max_bytes_in_memory=0)

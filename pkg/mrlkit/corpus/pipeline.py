@@ -32,6 +32,7 @@ from mrlkit.layout import CHUNK_COLUMNS
 log = logging.getLogger(__name__)
 
 ROW_GROUP = 8192
+RELEASE_EVERY_TABLES = 32
 PART_ROWS = 200_000
 STAGING_COLUMNS = ("chunk_id", "doc_id", "title", "text", "source", "heading", "question", "group", "n_tokens")
 
@@ -128,9 +129,12 @@ def build_chunks(inputs: Inputs, options: ShardOptions, work_dir: Path, num_cpus
                 deduper.add(chunks.column("key").to_numpy(), sigs)
                 writer.write_table(chunks.select(list(STAGING_COLUMNS)))
                 progress.chunks(chunks.num_rows, len(rejects))
+                if progress.tables % RELEASE_EVERY_TABLES == 0:
+                    release_arrow_memory()
     finally:
         ctx.execution_options.preserve_order = previous_order
     progress.finish(len(chunk_ids), len(rejects))
+    release_arrow_memory()
     drop = np.concatenate(dropped) if dropped else np.zeros(0, dtype=bool)
     exact, near, dup_of = deduper.duplicates(exclude=drop)
     keep = ~(drop | exact | near)
@@ -140,6 +144,17 @@ def build_chunks(inputs: Inputs, options: ShardOptions, work_dir: Path, num_cpus
                    "skipped_hidden_files": inputs.skipped_hidden})
     table = ChunkTable(staging, keep, dup_of, deduper.keys(), chunk_ids, dict(counts))
     return table, rejects
+
+
+def release_arrow_memory() -> None:
+    """Give memory Arrow's allocator keeps after use back to the OS.
+
+    Arrow's default pool (mimalloc) keeps freed pages per thread; over a long pass in the driver that
+    retained memory grew with the corpus (~110 MB per phase on 60 MB of text) though little was in use.
+    """
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
 
 
 def _where(source: str) -> int | None:
@@ -220,6 +235,7 @@ def write_corpus_parts(chunks: ChunkTable, out_dir: Path) -> list[str]:
             buffered += kept.num_rows
             flush(final=False)
     flush(final=True)
+    release_arrow_memory()
     if writer is not None:
         writer.close()
     if not names:  # an empty corpus still gets a (schema-only) part so readers see the columns
@@ -234,7 +250,7 @@ class _Progress:
 
     def __init__(self, files: int, total_bytes: int, every_s: float = 5.0):
         self.files_total, self.bytes_total, self.every_s = files, total_bytes, every_s
-        self.files = self.bytes = self.n_chunks = self.n_rejects = 0
+        self.files = self.bytes = self.n_chunks = self.n_rejects = self.tables = 0
         self.started = self.last = time.monotonic()
 
     def file_done(self, size: int) -> None:
@@ -244,6 +260,7 @@ class _Progress:
     def chunks(self, n: int, rejects: int) -> None:
         self.n_chunks += n
         self.n_rejects = rejects
+        self.tables += 1
         now = time.monotonic()
         if now - self.last >= self.every_s:
             self.last = now

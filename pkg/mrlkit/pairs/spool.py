@@ -3,8 +3,10 @@
 The pairs pass of ``prepare`` emits train pairs, test queries and the evaluation corpus
 row by row while it streams over the chunk table. Holding them in lists would make the
 driver's memory grow with the corpus (several times its text, for synthetic pairs); a
-spool keeps at most ``max_rows_in_memory`` rows and writes the rest to parquet files in
-a scratch folder, so memory stays flat however large the corpus is.
+spool keeps at most ``max_rows_in_memory`` rows and about ``max_bytes_in_memory`` bytes of
+text in memory and writes the rest to parquet files in a scratch folder, so memory stays flat
+however large the corpus is. (A bound in rows alone is not enough: 50,000 rows of chunk-sized
+text, as Python dicts, are a few hundred MB.)
 """
 
 from __future__ import annotations
@@ -18,30 +20,39 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 MAX_ROWS_IN_MEMORY = 50_000
+MAX_BYTES_IN_MEMORY = 16_000_000
+# What a buffered row costs beyond its text: the dict, its str objects and the list slot (measured, rounded up).
+ROW_OVERHEAD_BYTES = 400
 _names = itertools.count()
 
 
 class RowSpool:
     """An append-only sequence of rows (dicts with ``schema``'s keys); iterate it to read them back in order.
 
-    ``folder`` None never spills (everything stays in memory).
+    ``folder`` None never spills (everything stays in memory). Otherwise the buffer spills when it holds
+    ``max_rows_in_memory`` rows or about ``max_bytes_in_memory`` bytes, whichever comes first.
     """
 
-    def __init__(self, schema: pa.Schema, folder: Path | None = None, max_rows_in_memory: int | None = None):
-        if max_rows_in_memory is None:
-            max_rows_in_memory = MAX_ROWS_IN_MEMORY  # read at call time, so a test can lower it
-        if max_rows_in_memory < 1:
-            raise ValueError(f"max_rows_in_memory must be >= 1, got {max_rows_in_memory}")
-        self.schema, self.folder, self.max_rows_in_memory = schema, folder, max_rows_in_memory
+    def __init__(self, schema: pa.Schema, folder: Path | None = None, max_rows_in_memory: int | None = None,
+                 max_bytes_in_memory: int | None = None):
+        # Defaults are read at call time, so a test can lower them.
+        max_rows_in_memory = MAX_ROWS_IN_MEMORY if max_rows_in_memory is None else max_rows_in_memory
+        max_bytes_in_memory = MAX_BYTES_IN_MEMORY if max_bytes_in_memory is None else max_bytes_in_memory
+        for name, value in (("max_rows_in_memory", max_rows_in_memory), ("max_bytes_in_memory", max_bytes_in_memory)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        self.schema, self.folder = schema, folder
+        self.max_rows_in_memory, self.max_bytes_in_memory = max_rows_in_memory, max_bytes_in_memory
         self._buffer: list[dict[str, Any]] = []
+        self._buffered_bytes = 0
         self._files: list[Path] = []
         self._count = 0
         self._name = f"spool-{next(_names):04d}"
 
     @classmethod
     def of(cls, rows: Iterable[dict[str, Any]], schema: pa.Schema, folder: Path | None = None,
-           max_rows_in_memory: int | None = None) -> RowSpool:
-        spool = cls(schema, folder, max_rows_in_memory)
+           max_rows_in_memory: int | None = None, max_bytes_in_memory: int | None = None) -> RowSpool:
+        spool = cls(schema, folder, max_rows_in_memory, max_bytes_in_memory)
         for row in rows:
             spool.append(row)
         return spool
@@ -49,7 +60,10 @@ class RowSpool:
     def append(self, row: dict[str, Any]) -> None:
         self._buffer.append(row)
         self._count += 1
-        if self.folder is not None and len(self._buffer) >= self.max_rows_in_memory:
+        if self.folder is None:
+            return
+        self._buffered_bytes += ROW_OVERHEAD_BYTES + sum(len(v) for v in row.values() if isinstance(v, str))
+        if len(self._buffer) >= self.max_rows_in_memory or self._buffered_bytes >= self.max_bytes_in_memory:
             self._spill()
 
     def _spill(self) -> None:
@@ -59,6 +73,8 @@ class RowSpool:
         pq.write_table(pa.Table.from_pylist(self._buffer, schema=self.schema), path)
         self._files.append(path)
         self._buffer = []
+        self._buffered_bytes = 0
+        pa.default_memory_pool().release_unused()  # see mrlkit.corpus.pipeline.release_arrow_memory
 
     def __len__(self) -> int:
         return self._count

@@ -25,7 +25,13 @@ from typing import Any
 from mrlkit import __version__, layout, storage
 from mrlkit.config import config_hash
 from mrlkit.config_schema import PipelineConfig
-from mrlkit.corpus.pipeline import build_chunks, check_reject_fraction, reject_counts, write_corpus_parts
+from mrlkit.corpus.pipeline import (
+    build_chunks,
+    check_reject_fraction,
+    reject_counts,
+    release_arrow_memory,
+    write_corpus_parts,
+)
 from mrlkit.corpus.shard import ShardOptions
 from mrlkit.corpus.sources import Inputs, find_inputs
 from mrlkit.errors import ConfigError
@@ -98,6 +104,7 @@ class PrepareStage:
         seconds_chunks = time.monotonic() - started
         check_reject_fraction(cfg.corpus, rejects, chunks.counts.get("documents", 0))  # before any pairs work
         pairs = build_pairs(cfg, chunks, self.qrels, self.llm, spool_folder=self.work / "spool")
+        release_arrow_memory()
         if self.qrels is not None:
             rejects += [r.to_json() for r in self.qrels.rejects]
         rejects += pairs.rejects
