@@ -17,10 +17,10 @@ def _texts(n: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(vocab) for _ in range(120)) for _ in range(n)]
 
 
-def _run(texts: list[str], mode: str, threshold: float = 0.8, shards: int = 3):
+def _run(texts: list[str], mode: str, threshold: float = 0.8, shards: int = 3, spill_dir=None):
     canon = [canonical(t) for t in texts]
     keys, sigs = exact_keys(canon), minhash_signatures(canon)
-    dedupe = GlobalDeduper(mode, threshold)
+    dedupe = GlobalDeduper(mode, threshold, spill_dir=spill_dir)
     bounds = np.linspace(0, len(texts), shards + 1).astype(int)
     for lo, hi in itertools.pairwise(bounds):  # each shard adds its own slice, like Ray blocks
         dedupe.add(keys[lo:hi], sigs[lo:hi])
@@ -75,3 +75,16 @@ def test_signatures_are_deterministic_and_batch_independent():
 @pytest.mark.parametrize(("threshold", "rows"), [(0.9, 4), (0.5, 2), (0.2, 1)])
 def test_band_rows(threshold, rows):
     assert band_rows(threshold) == rows
+
+
+def test_signatures_spilled_to_disk_give_the_same_answer(tmp_path):
+    texts = _texts(60)
+    for source, target in ((3, 50), (7, 20)):
+        words = texts[source].split()
+        words[60] = "edited"
+        texts[target] = " ".join(words)
+    in_memory = _run(texts, "near", threshold=0.8)
+    spilled = _run(texts, "near", threshold=0.8, spill_dir=tmp_path)
+    assert np.flatnonzero(spilled[1]).tolist() == [20, 50]
+    assert all(np.array_equal(a, b) for a, b in zip(in_memory, spilled, strict=True))
+    assert (tmp_path / "minhash-signatures.u32").stat().st_size == 60 * 64 * 4  # all of them, on disk

@@ -14,6 +14,7 @@ probability; candidates are then confirmed on the full signature.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 
@@ -84,18 +85,38 @@ class GlobalDeduper:
     Args:
         mode: ``"none"``, ``"exact"`` or ``"near"`` (near includes exact).
         threshold: estimated Jaccard similarity at or above which a chunk is a near duplicate.
+        spill_dir: where signatures go as they arrive (a file read back memory-mapped), so the driver does not
+            hold 256 bytes per chunk in memory (a few hundred MB for a 2 GB corpus); None keeps them in memory.
     """
 
-    def __init__(self, mode: str, threshold: float = 0.9):
+    def __init__(self, mode: str, threshold: float = 0.9, spill_dir: Path | None = None):
         self.mode = mode
         self.threshold = threshold
         self._keys: list[np.ndarray] = []
         self._sigs: list[np.ndarray] = []
+        self._sig_file = None if spill_dir is None else Path(spill_dir) / "minhash-signatures.u32"
+        self._sig_rows = 0
+        if self._sig_file is not None:
+            self._sig_file.parent.mkdir(parents=True, exist_ok=True)
+            self._sig_file.write_bytes(b"")
 
     def add(self, keys: np.ndarray, signatures: np.ndarray | None) -> None:
         self._keys.append(np.asarray(keys, dtype=np.int64))
         if self.mode == "near" and signatures is not None:
-            self._sigs.append(np.asarray(signatures, dtype=np.uint32).reshape(len(keys), NUM_PERM))
+            block = np.ascontiguousarray(signatures, dtype=np.uint32).reshape(len(keys), NUM_PERM)
+            if self._sig_file is None:
+                self._sigs.append(block)
+            else:
+                with self._sig_file.open("ab") as fh:
+                    fh.write(block.tobytes())
+                self._sig_rows += len(block)
+
+    def _signatures(self) -> np.ndarray:
+        if self._sig_file is None:
+            return np.concatenate(self._sigs) if self._sigs else np.empty((0, NUM_PERM), dtype=np.uint32)
+        if not self._sig_rows:
+            return np.empty((0, NUM_PERM), dtype=np.uint32)
+        return np.memmap(self._sig_file, dtype=np.uint32, mode="r", shape=(self._sig_rows, NUM_PERM))
 
     def keys(self) -> np.ndarray:
         return np.concatenate(self._keys) if self._keys else np.empty(0, dtype=np.int64)
@@ -119,7 +140,7 @@ class GlobalDeduper:
         exact[live[is_copy]] = True
         dup_of[live[is_copy]] = original[is_copy]
         if self.mode == "near":
-            sigs = np.concatenate(self._sigs)
+            sigs = self._signatures()
             skip = exact.copy() if exclude is None else exact | exclude
             near, near_of = self._near(sigs, skip)
             dup_of[near] = near_of[near]

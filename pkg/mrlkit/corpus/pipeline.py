@@ -76,7 +76,7 @@ def build_chunks(inputs: Inputs, options: ShardOptions, work_dir: Path, num_cpus
 
     cfg = options.corpus
     staging = work_dir / "staging-chunks.parquet"
-    deduper = GlobalDeduper(cfg.dedupe, cfg.near_duplicate_threshold)
+    deduper = GlobalDeduper(cfg.dedupe, cfg.near_duplicate_threshold, spill_dir=work_dir)
     rejects: list[dict[str, Any]] = [r.to_json() for r in inputs.rejects]
     chunk_ids: list[str] = []
     dropped: list[np.ndarray] = []  # per batch: rows dropped before dedupe (duplicate id, over max_documents)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from mrlkit.config_schema import PipelineConfig
@@ -151,14 +152,22 @@ def _judged(chunks: ChunkTable, qrels: Qrels | None) -> set[int]:
 
 def _groups(cfg: PipelineConfig, chunks: ChunkTable, among: set[int] | None = None) -> tuple[list[str], set[str]]:
     """Per chunk, the name of its merged group; and the set of test groups (drawn from ``among`` if given)."""
-    labels = [row["group"] or row["doc_id"] for _, row in chunks.iter_rows(("doc_id", "group"))]
+    # Per chunk, but lean: a document's chunks are consecutive and share one label object, and the first chunk
+    # with each exact key comes from numpy rather than a dict (these lists are the pass's memory per chunk).
+    labels: list[str] = []
+    for _, row in chunks.iter_rows(("doc_id", "group")):
+        label = row["group"] or row["doc_id"]
+        labels.append(labels[-1] if labels and labels[-1] == label else label)
+    first_with_key = np.zeros(0, dtype=np.int64)
+    if len(chunks.keys):
+        _, first, inverse = np.unique(chunks.keys, return_index=True, return_inverse=True)
+        first_with_key = first[inverse.ravel()]
     uf = UnionFind()
-    first_with_key: dict[int, int] = {}
-    for i, key in enumerate(chunks.keys.tolist()):
+    for i in range(len(labels)):
         uf.find(labels[i])
         if chunks.dup_of[i] >= 0:
             uf.union(labels[i], labels[int(chunks.dup_of[i])])
-        j = first_with_key.setdefault(key, i)
+        j = int(first_with_key[i])
         if j != i:  # identical text under two groups (dedupe off): the groups must stay together
             uf.union(labels[i], labels[j])
     comp = [uf.find(label) for label in labels]
