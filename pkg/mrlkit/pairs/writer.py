@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from mrlkit import storage
 from mrlkit.pairs.build import PairSets
 
 ROW_GROUP = 8192
@@ -73,7 +74,7 @@ def file_hashes(folder: Path) -> dict[str, str]:
     """sha256 of every file under ``folder`` (relative posix paths), for manifests."""
     out = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        out[path.relative_to(folder).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+        out[path.relative_to(folder).as_posix()] = storage.sha256_file(path)  # in blocks: parts can be GBs
     return out
 
 
