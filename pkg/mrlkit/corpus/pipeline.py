@@ -235,9 +235,9 @@ def write_corpus_parts(chunks: ChunkTable, out_dir: Path) -> list[str]:
             buffered += kept.num_rows
             flush(final=False)
     flush(final=True)
-    release_arrow_memory()
     if writer is not None:
         writer.close()
+    release_arrow_memory()
     if not names:  # an empty corpus still gets a (schema-only) part so readers see the columns
         empty = pa.table({c: pa.array([], pa.string()) for c in CHUNK_COLUMNS})
         pq.write_table(empty, out_dir / "part-00000.parquet")

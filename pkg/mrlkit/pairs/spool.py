@@ -19,6 +19,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mrlkit.corpus.pipeline import release_arrow_memory
+
 MAX_ROWS_IN_MEMORY = 50_000
 MAX_BYTES_IN_MEMORY = 16_000_000
 # What a buffered row costs beyond its text: the dict, its str objects and the list slot (measured, rounded up).
@@ -74,7 +76,7 @@ class RowSpool:
         self._files.append(path)
         self._buffer = []
         self._buffered_bytes = 0
-        pa.default_memory_pool().release_unused()  # see mrlkit.corpus.pipeline.release_arrow_memory
+        release_arrow_memory()
 
     def __len__(self) -> int:
         return self._count
