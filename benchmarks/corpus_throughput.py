@@ -4,11 +4,12 @@ Generates a large Markdown corpus (default 200 MB, many files of ~100 kB with
 headings, paragraphs and ~2% duplicated files), then runs the corpus half of stage
 ``prepare`` (Ray Data read + normalise + token-aware chunking with all-MiniLM-L6-v2's
 tokenizer + exact/near dedupe + parquet write + atomic publish) in a fresh process
-per setting, so each gets its own Ray with ``num_cpus`` 1 or 2; then, timed apart, the rest of the
-stage (synthetic pairs and the split, one pass in the driver: ``*_whole_stage``). Peak memory is
-sampled over the driver and every Ray process it started; the half-size run shows
-whether memory grows with corpus size (it must not: the stage streams). Ray's start and a
-tiny warm-up dataset (worker processes, tokenizer load) are timed separately (``warm_up_s``).
+per setting, so each gets its own Ray with ``num_cpus`` 1 or 2 (its workers also find each chunk's
+inverse-cloze sentences, as the stage's do); then, timed apart, the rest of the stage (synthetic pairs
+and the split, one pass in the driver: ``*_whole_stage``). Peak memory is sampled over the driver
+and every Ray process it started; the half-size run shows whether memory grows with corpus size
+(it must not: the stage streams). Ray's start and a tiny warm-up dataset (worker processes, tokenizer
+load) are timed separately (``warm_up_s``).
 
     .venv/bin/python benchmarks/corpus_throughput.py                 # 200 MB (several minutes on 2 cores)
     .venv/bin/python benchmarks/corpus_throughput.py --mb 40         # a quicker check
@@ -118,18 +119,20 @@ def run_once(input_dir: str, glob: str, num_cpus: int, root: str) -> dict:
 
     from mrlkit import storage
     from mrlkit.config import config_from_dict
-    from mrlkit.config_schema import CorpusConfig, RayConfig
-    from mrlkit.corpus.chunking import effective_limits
+    from mrlkit.config_schema import RayConfig
     from mrlkit.corpus.pipeline import build_chunks, write_corpus_parts
-    from mrlkit.corpus.shard import ShardOptions
     from mrlkit.corpus.sources import find_inputs
     from mrlkit.pairs.build import build_pairs
+    from mrlkit.pairs.stage import shard_options
     from mrlkit.pairs.writer import write_pairs_dir
     from mrlkit.ray_runtime import init_ray
 
-    cfg = CorpusConfig(input=input_dir, format="text", glob=glob, chunk_tokens=256, chunk_overlap_tokens=32)
-    size, overlap = effective_limits(MODEL, cfg.chunk_tokens, cfg.chunk_overlap_tokens)
-    options = ShardOptions(cfg, MODEL, size, overlap, signatures=True)
+    pipeline = config_from_dict({
+        "name": "bench", "train": {"base_model": MODEL}, "pairs": {"source": "synthetic"},
+        "corpus": {"input": input_dir, "format": "text", "glob": glob, "chunk_tokens": 256,
+                   "chunk_overlap_tokens": 32, "dedupe": "near"}})
+    cfg = pipeline.corpus
+    options = shard_options(pipeline)  # as the stage builds them: workers also find the inverse-cloze sentences
     init_ray(RayConfig(num_cpus=num_cpus))
     ray.data.DataContext.get_current().enable_progress_bars = False
     warm = time.monotonic()
@@ -151,8 +154,7 @@ def run_once(input_dir: str, glob: str, num_cpus: int, root: str) -> dict:
         seconds = time.monotonic() - started
         # The rest of stage prepare, timed apart: synthetic pairs and the split, one pass in the driver.
         pairs_started = time.monotonic()
-        pairs = build_pairs(config_from_dict({"name": "bench", "pairs": {"source": "synthetic"}}), chunks,
-                            spool_folder=Path(work) / "spool")
+        pairs = build_pairs(pipeline, chunks, spool_folder=Path(work) / "spool")
         write_pairs_dir(Path(work) / "pairs", pairs)
         pairs_seconds = time.monotonic() - pairs_started
     cpu_used = sum(v - cpu_before.get(pid, 0.0) for pid, v in _cpu_seconds().items())
@@ -249,8 +251,8 @@ def main() -> int:
         "targets": {"mb_per_s_per_core": 2.0, "speedup_2_vs_1": 1.6},
         "speedup_2_vs_1_cpu_whole_stage": round(two["mb_per_s_whole_stage"] / one["mb_per_s_whole_stage"], 3),
         "note": "mb_per_s and the speedup: read, normalise, chunk, exact+near dedupe, parquet, publish (the corpus "
-                "half of stage prepare, which Ray shards); *_whole_stage adds the synthetic pairs pass, which runs "
-                "in the driver and does not scale with Ray CPUs",
+                "half of stage prepare, which Ray shards; its workers also find each chunk's inverse-cloze sentences); "
+                "*_whole_stage adds the synthetic pairs pass, which runs in the driver",
     }
     print(json.dumps(figures, indent=2))
     write_result(args.name, figures)

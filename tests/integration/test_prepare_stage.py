@@ -169,6 +169,25 @@ def test_pairs_spilled_to_disk_give_identical_outputs(mixed, monkeypatch):
     assert _outputs(cfg) == first
 
 
+def test_cloze_sentences_found_by_workers_match_the_driver(mixed, monkeypatch):
+    # Shard workers find each chunk's inverse-cloze sentences (the costly half of the pairs pass) so that it
+    # runs in parallel; a chunk table staged without them makes the driver find them. Both give the same bytes.
+    import dataclasses
+
+    _, cfg, _, first = mixed
+    setup = PrepareStage.setup
+
+    def setup_without_worker_cloze(self):
+        setup(self)
+        assert self.options.cloze is not None  # the workers would have found them
+        self.options = dataclasses.replace(self.options, cloze=None)
+
+    monkeypatch.setattr(PrepareStage, "setup", setup_without_worker_cloze)
+    summary = run_stage(PrepareStage, cfg)
+    assert summary["train_pairs"] and summary["test_pairs"]
+    assert _outputs(cfg) == first
+
+
 def test_s3_input_and_output_match_local(mixed, s3_root):
     corpus, _, _, local = mixed
     for path in sorted(p for p in corpus.rglob("*") if p.is_file()):

@@ -50,3 +50,26 @@ def test_spills_on_bytes_before_rows_when_rows_are_large(tmp_path):
     assert list(spool) == big
     with pytest.raises(ValueError, match="max_bytes_in_memory must be >= 1"):
         RowSpool(SCHEMA, tmp_path, max_bytes_in_memory=0)
+
+
+def test_extend_keeps_order_with_appended_rows_and_spills_on_bytes(tmp_path):
+    data = rows(40)
+    spool = RowSpool(SCHEMA, tmp_path, max_rows_in_memory=1000, max_bytes_in_memory=1500)
+    spool.append(data[0])
+    spool.extend({"anchor": [r["anchor"] for r in data[1:20]], "relevant_ids": [r["relevant_ids"] for r in data[1:20]]})
+    spool.append(data[20])
+    spool.extend({"anchor": [], "relevant_ids": []})  # nothing to add
+    spool.extend({"anchor": [r["anchor"] for r in data[21:]], "relevant_ids": [r["relevant_ids"] for r in data[21:]]})
+    assert len(spool) == 40
+    assert list(tmp_path.glob("*.parquet"))  # the columns' Arrow bytes count toward the bound
+    assert list(spool) == data
+    in_memory = RowSpool(SCHEMA)
+    in_memory.extend({"anchor": [r["anchor"] for r in data], "relevant_ids": [r["relevant_ids"] for r in data]})
+    assert list(in_memory) == data
+
+
+def test_extend_names_a_missing_column(tmp_path):
+    spool = RowSpool(SCHEMA, tmp_path)
+    with pytest.raises(KeyError, match="relevant_ids"):
+        spool.extend({"anchor": ["a"]})
+    assert len(spool) == 0

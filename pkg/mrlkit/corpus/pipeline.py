@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 ROW_GROUP = 8192
 RELEASE_EVERY_TABLES = 32
 PART_ROWS = 200_000
-STAGING_COLUMNS = ("chunk_id", "doc_id", "title", "text", "source", "heading", "question", "group", "n_tokens")
+STAGING_COLUMNS = ("chunk_id", "doc_id", "title", "text", "source", "heading", "question", "group", "n_tokens",
+                   "cloze_spans")
 
 
 class TooManyRejects(MrlkitError):
@@ -55,6 +56,15 @@ class ChunkTable:
     def kept_index(self, i: int) -> int:
         """The kept chunk that stands for chunk ``i``: itself, the one it duplicates, or -1 (dropped)."""
         return i if self.keep[i] else int(self.dup_of[i])
+
+    def iter_columns(self, columns: tuple[str, ...] = STAGING_COLUMNS, batch_rows: int = 8192):
+        """Yield ``(index of the first row, {column: list of values})`` for every batch of staged chunks, in order."""
+        import pyarrow.parquet as pq
+
+        index = 0
+        for batch in pq.ParquetFile(self.staging).iter_batches(batch_size=batch_rows, columns=list(columns)):
+            yield index, {name: batch.column(name).to_pylist() for name in columns}
+            index += batch.num_rows
 
     def iter_rows(self, columns: tuple[str, ...] = STAGING_COLUMNS, batch_rows: int = 4096):
         """Yield ``(index, row dict)`` for every staged chunk, kept or not, in order."""

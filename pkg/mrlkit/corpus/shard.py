@@ -3,7 +3,9 @@
 :func:`process_files` is the ``map_batches`` function: one input row per file, and
 out come Arrow tables of rows of three kinds, in file order:
 
-- ``chunk``: one chunk with its ids, text, token count, exact key and MinHash signature;
+- ``chunk``: one chunk with its ids, text, token count, exact key and MinHash signature, and (for
+  synthetic pairs) the spans of its inverse-cloze query sentences, the costly per-chunk half of the
+  pairs pass, done here so it runs on every worker instead of serially in the driver;
 - ``reject``: one rejected record (``reject`` holds the rejects.jsonl line);
 - ``file``: one per file, last, with its byte count (progress and MB/s).
 """
@@ -16,9 +18,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from mrlkit.config_schema import CorpusConfig
+from mrlkit.config_schema import CorpusConfig, SyntheticPairsConfig
 from mrlkit.corpus.dedupe import NUM_PERM, canonical, exact_keys, minhash_signatures
 from mrlkit.corpus.readers import UNREADABLE, Document, Reject, read_file
+from mrlkit.pairs.synthetic import cloze_spans
 
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
 DOC_BATCH = 256
@@ -32,7 +35,8 @@ def schema() -> Any:
         ("kind", pa.string()), ("chunk_id", pa.string()), ("doc_id", pa.string()), ("title", pa.string()),
         ("text", pa.string()), ("source", pa.string()), ("heading", pa.string()), ("question", pa.string()),
         ("group", pa.string()), ("chunk_index", pa.int32()), ("n_tokens", pa.int32()), ("key", pa.int64()),
-        ("sig", pa.binary(4 * NUM_PERM)), ("reject", pa.string()), ("bytes", pa.int64()),
+        ("sig", pa.binary(4 * NUM_PERM)), ("cloze_spans", pa.list_(pa.int32())), ("reject", pa.string()),
+        ("bytes", pa.int64()),
     ])
 
 
@@ -45,6 +49,8 @@ class ShardOptions:
     max_tokens: int
     overlap_tokens: int
     signatures: bool  # near-duplicate detection wants MinHash signatures
+    cloze: SyntheticPairsConfig | None = None  # inverse-cloze pairs wanted: find their sentences per chunk
+    cloze_seed: int = 0  # pairs.split.seed, which seeds the choice of sentence
 
 
 class _Rows:
@@ -142,10 +148,13 @@ def _flush_docs(rows: _Rows, docs: list[Document], chunker: Any, options: ShardO
     sigs = minhash_signatures(canon) if options.signatures else None
     for i, (text, (doc, index, n_tokens, heading, count)) in enumerate(zip(texts, meta, strict=True)):
         chunk_id = doc.doc_id if count == 1 and chunker is None else f"{doc.doc_id}#{index:04d}"
+        cloze = None
+        if options.cloze is not None:
+            cloze = [bound for span in cloze_spans(chunk_id, text, options.cloze, options.cloze_seed) for bound in span]
         rows.add(kind="chunk", chunk_id=chunk_id, doc_id=doc.doc_id, title=doc.title, text=text, source=doc.source,
                  heading=heading, question=doc.question, group=doc.group, chunk_index=index,
                  n_tokens=n_tokens if n_tokens >= 0 else None, key=int(keys[i]),
-                 sig=sigs[i].tobytes() if sigs is not None else None)
+                 sig=sigs[i].tobytes() if sigs is not None else None, cloze_spans=cloze)
     docs.clear()
 
 

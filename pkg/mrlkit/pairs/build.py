@@ -26,7 +26,7 @@ from mrlkit.layout import EVAL_CORPUS_COLUMNS, PAIR_TEXT_COLUMNS, TEST_EXTRA_COL
 from mrlkit.pairs.qrels import Qrels
 from mrlkit.pairs.split import UnionFind, pick_test_groups, reference_split
 from mrlkit.pairs.spool import RowSpool
-from mrlkit.pairs.synthetic import inverse_cloze, title_pair
+from mrlkit.pairs.synthetic import cloze_pair, inverse_cloze, title_pair
 
 log = logging.getLogger(__name__)
 LLM_BATCH = 64
@@ -74,67 +74,116 @@ def build_pairs(cfg: PipelineConfig, chunks: ChunkTable, qrels: Qrels | None = N
     if cfg.pairs.split.mode == "reference":
         return _reference(cfg, chunks, spool_folder)
     out = PairSets.spooled(spool_folder)
+    emit = _Emitter(out)
     comp, test_side = _groups(cfg, chunks, _judged(chunks, qrels) if cfg.pairs.source == "qrels" else None)
     source = cfg.pairs.source
     seed = cfg.pairs.split.seed
+    methods = cfg.pairs.synthetic.methods
     seen_sections: set[tuple[str, str | None]] = set()
     pending: list[tuple[str, str, str]] = []
     qrels_texts: dict[str, str] = {}  # the judged documents' texts, for (query, document) pairs after the pass
     judged = _judged_targets(chunks, qrels) if source == "qrels" else set()
-    for i, row in chunks.iter_rows():
-        target = chunks.kept_index(i)
-        if target < 0:
-            continue
-        cid = chunks.chunk_ids[target]
-        side = "test" if comp[target] in test_side else "train"
-        ict = []
-        if source == "synthetic" and chunks.keep[i] and "inverse_cloze" in cfg.pairs.synthetic.methods:
-            ict = inverse_cloze(cid, row["text"], cfg.pairs.synthetic, seed)
-            if side == "test":
-                ict = ict[:1]  # the eval corpus can hold only one "chunk minus sentence" per chunk
-        if chunks.keep[i]:
-            # A test chunk's eval text is the chunk without its query's sentence, so the query is not found verbatim.
-            out.corpus.append({"chunk_id": cid, "text": ict[0].positive if side == "test" and ict else row["text"]})
-            if cid in judged:
-                qrels_texts[cid] = row["text"]
-        if source == "columns":
-            if not row["question"]:
-                out.rejects.append(Reject(row["source"].rsplit(":", 1)[0], _line(row["source"]), "line",
-                                          EMPTY_QUESTION, f"column {cfg.corpus.columns.question!r} is empty").to_json())
+    for first, rows in chunks.iter_columns():
+        # Per batch, as Python lists: indexing numpy arrays row by row costs more than the work itself.
+        keep = chunks.keep[first:first + len(rows["text"])].tolist()
+        targets = np.where(chunks.keep[first:first + len(keep)], np.arange(first, first + len(keep)),
+                           chunks.dup_of[first:first + len(keep)]).tolist()
+        for k, (text, target) in enumerate(zip(rows["text"], targets, strict=True)):
+            if target < 0:
                 continue
-            _emit(out, side, row["question"], row["text"], cid, "question")
-        elif source == "synthetic" and chunks.keep[i]:
-            methods = cfg.pairs.synthetic.methods
-            for pair in ict:
-                _emit(out, side, pair.anchor, pair.positive, cid, pair.method)
-            section = (row["doc_id"], row["heading"])
-            if "title" in methods and section not in seen_sections:
-                seen_sections.add(section)
-                pair = title_pair(row["title"], row["heading"], row["text"])
-                if pair is not None:
-                    _emit(out, side, pair.anchor, pair.positive, cid, pair.method)
-        elif source == "llm" and chunks.keep[i]:
-            pending.append((cid, row["text"], side))
-            if len(pending) >= LLM_BATCH:
-                _flush_llm(out, pending, llm)
+            cid = chunks.chunk_ids[target]
+            side = "test" if comp[target] in test_side else "train"
+            ict = []
+            if source == "synthetic" and keep[k] and "inverse_cloze" in methods:
+                spans = rows["cloze_spans"][k]
+                if spans is None:  # a chunk table staged without them: find the sentences here
+                    ict = inverse_cloze(cid, text, cfg.pairs.synthetic, seed)
+                else:
+                    ict = [cloze_pair(text, spans[j], spans[j + 1]) for j in range(0, len(spans), 2)]
+                if side == "test":
+                    ict = ict[:1]  # the eval corpus can hold only one "chunk minus sentence" per chunk
+            if keep[k]:
+                # A test chunk's eval text is the chunk without its query's sentence, so the query is not found
+                # verbatim.
+                emit.corpus(cid, ict[0].positive if side == "test" and ict else text)
+                if cid in judged:
+                    qrels_texts[cid] = text
+            if source == "columns":
+                question = rows["question"][k]
+                if not question:
+                    where = rows["source"][k]
+                    out.rejects.append(Reject(where.rsplit(":", 1)[0], _line(where), "line", EMPTY_QUESTION,
+                                              f"column {cfg.corpus.columns.question!r} is empty").to_json())
+                    continue
+                emit.pair(side, question, text, cid, "question")
+            elif source == "synthetic" and keep[k]:
+                for pair in ict:
+                    emit.pair(side, pair.anchor, pair.positive, cid, pair.method)
+                section = (rows["doc_id"][k], rows["heading"][k])
+                if "title" in methods and section not in seen_sections:
+                    seen_sections.add(section)
+                    pair = title_pair(rows["title"][k], section[1], text)
+                    if pair is not None:
+                        emit.pair(side, pair.anchor, pair.positive, cid, pair.method)
+            elif source == "llm" and keep[k]:
+                pending.append((cid, text, side))
+                if len(pending) >= LLM_BATCH:
+                    _flush_llm(emit, pending, llm)
+        emit.flush()
     if pending:
-        _flush_llm(out, pending, llm)
+        _flush_llm(emit, pending, llm)
     if source == "qrels":
-        _qrels_pairs(out, chunks, qrels, comp, test_side, qrels_texts)
+        _qrels_pairs(emit, chunks, qrels, comp, test_side, qrels_texts)
+    emit.flush()
     out.split = {"mode": "group", "group_by": cfg.corpus.columns.group or "doc_id", "seed": seed,
                  "test_fraction": cfg.pairs.split.test_fraction, "test_groups": sorted(test_side),
                  "groups": len(set(comp[i] for i in range(len(comp)) if chunks.keep[i]))}
     return out
 
 
-def _emit(out: PairSets, side: str, anchor: str, positive: str, cid: str, method: str) -> None:
-    out.counts[f"{side}_{method}"] += 1
-    if side == "train":
-        out.train.append({"anchor": anchor, "positive": positive, "chunk_id": cid, "method": method})
-    else:
-        qid = f"q{len(out.test):07d}"
-        out.test.append({"query_id": qid, "anchor": anchor, "positive": positive, "relevant_ids": [cid],
-                         "chunk_id": cid, "method": method})
+class _Emitter:
+    """Collects a batch's pairs and eval-corpus rows as column lists, and hands them to the spools in one call each.
+
+    Test queries are numbered in the order they are emitted (``q0000000``, ...).
+    """
+
+    def __init__(self, out: PairSets):
+        self.out = out
+        self._train = _columns(out.train.schema)
+        self._test = _columns(out.test.schema)
+        self._corpus = _columns(out.corpus.schema)
+
+    def pair(self, side: str, anchor: str, positive: str, cid: str, method: str) -> None:
+        self.out.counts[f"{side}_{method}"] += 1
+        if side == "train":
+            self._row(self._train, anchor=anchor, positive=positive, chunk_id=cid, method=method)
+        else:
+            self.test_query(f"q{len(self.out.test) + len(self._test['query_id']):07d}", anchor, positive, [cid], cid,
+                            method)
+
+    def test_query(self, query_id: str, anchor: str, positive: str, relevant_ids: list[str], cid: str,
+                   method: str) -> None:
+        self._row(self._test, query_id=query_id, anchor=anchor, positive=positive, relevant_ids=relevant_ids,
+                  chunk_id=cid, method=method)
+
+    def corpus(self, cid: str, text: str) -> None:
+        self._row(self._corpus, chunk_id=cid, text=text)
+
+    @staticmethod
+    def _row(columns: dict[str, list[Any]], **values: Any) -> None:
+        for name, column in columns.items():
+            column.append(values[name])
+
+    def flush(self) -> None:
+        for spool, columns in ((self.out.train, self._train), (self.out.test, self._test),
+                               (self.out.corpus, self._corpus)):
+            spool.extend(columns)
+            for column in columns.values():
+                column.clear()
+
+
+def _columns(schema: pa.Schema) -> dict[str, list[Any]]:
+    return {name: [] for name in schema.names}
 
 
 def _line(source: str) -> int | None:
@@ -175,16 +224,16 @@ def _groups(cfg: PipelineConfig, chunks: ChunkTable, among: set[int] | None = No
     return comp, pick_test_groups(live, cfg.pairs.split.test_fraction, cfg.pairs.split.seed)
 
 
-def _flush_llm(out: PairSets, pending: list[tuple[str, str, str]], llm: Any) -> None:
+def _flush_llm(emit: _Emitter, pending: list[tuple[str, str, str]], llm: Any) -> None:
     answers = llm.generate([text for _, text, _ in pending])
     for (cid, text, side), questions in zip(pending, answers, strict=True):
         if questions is None:
-            out.counts["llm_failed_chunks"] += 1
+            emit.out.counts["llm_failed_chunks"] += 1
             continue
         if not questions:
-            out.counts["llm_no_question_chunks"] += 1
+            emit.out.counts["llm_no_question_chunks"] += 1
         for q in questions[:1] if side == "test" else questions:
-            _emit(out, side, q, text, cid, "llm")
+            emit.pair(side, q, text, cid, "llm")
     pending.clear()
 
 
@@ -203,11 +252,12 @@ def _judged_targets(chunks: ChunkTable, qrels: Qrels | None) -> set[str]:
     return out
 
 
-def _qrels_pairs(out: PairSets, chunks: ChunkTable, qrels: Qrels | None, comp: list[str],
+def _qrels_pairs(emit: _Emitter, chunks: ChunkTable, qrels: Qrels | None, comp: list[str],
                  test_side: set[str], texts: dict[str, str]) -> None:
     """BEIR: (query, relevant document) pairs; a query's side is its documents' (merged) group."""
     if qrels is None:
         raise MrlkitError("pairs.source 'qrels' needs a BEIR input folder (corpus.format: beir)")
+    out = emit.out
     index = {cid: i for i, cid in enumerate(chunks.chunk_ids)}
     for qid in sorted(qrels.relevant):
         if qid not in qrels.queries:
@@ -230,11 +280,10 @@ def _qrels_pairs(out: PairSets, chunks: ChunkTable, qrels: Qrels | None, comp: l
             targets = [t for t in targets if comp[index[t]] not in test_side]
         if side == "test":
             out.counts["test_qrels"] += 1
-            out.test.append({"query_id": qid, "anchor": qrels.queries[qid], "positive": texts[targets[0]],
-                             "relevant_ids": targets, "chunk_id": targets[0], "method": "qrels"})
+            emit.test_query(qid, qrels.queries[qid], texts[targets[0]], targets, targets[0], "qrels")
         else:
             for t in targets:
-                _emit(out, "train", qrels.queries[qid], texts[t], t, "qrels")
+                emit.pair("train", qrels.queries[qid], texts[t], t, "qrels")
 
 
 def _reference(cfg: PipelineConfig, chunks: ChunkTable, spool_folder: Path | None) -> PairSets:
@@ -254,12 +303,14 @@ def _reference(cfg: PipelineConfig, chunks: ChunkTable, spool_folder: Path | Non
             continue
         rows.append((chunks.chunk_ids[i], row["question"], row["text"]))
     train, test = reference_split(rows, cfg.pairs.split.test_fraction, cfg.pairs.split.seed)
+    emit = _Emitter(out)
     for cid, _question, text in rows:
-        out.corpus.append({"chunk_id": cid, "text": text})
+        emit.corpus(cid, text)
     for cid, question, text in train:
-        _emit(out, "train", question, text, cid, "question")
+        emit.pair("train", question, text, cid, "question")
     for cid, question, text in test:
-        _emit(out, "test", question, text, cid, "question")
+        emit.pair("test", question, text, cid, "question")
+    emit.flush()
     out.split = {"mode": "reference", "seed": cfg.pairs.split.seed, "test_fraction": cfg.pairs.split.test_fraction,
                  "rows": len(rows), "train": len(train), "test": len(test),
                  "rule": "drop empty questions; random.Random(seed).shuffle(rows); first int(n*test_fraction) are test"}

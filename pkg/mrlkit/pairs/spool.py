@@ -45,7 +45,9 @@ class RowSpool:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         self.schema, self.folder = schema, folder
         self.max_rows_in_memory, self.max_bytes_in_memory = max_rows_in_memory, max_bytes_in_memory
-        self._buffer: list[dict[str, Any]] = []
+        self._buffer: list[dict[str, Any]] = []  # rows appended one by one, not yet in a table
+        self._tables: list[pa.Table] = []  # in order before ``_buffer``: sealed rows and extend()ed columns
+        self._buffered_rows = 0
         self._buffered_bytes = 0
         self._files: list[Path] = []
         self._count = 0
@@ -62,19 +64,45 @@ class RowSpool:
     def append(self, row: dict[str, Any]) -> None:
         self._buffer.append(row)
         self._count += 1
+        self._buffered_rows += 1
         if self.folder is None:
             return
         self._buffered_bytes += ROW_OVERHEAD_BYTES + sum(len(v) for v in row.values() if isinstance(v, str))
-        if len(self._buffer) >= self.max_rows_in_memory or self._buffered_bytes >= self.max_bytes_in_memory:
+        self._spill_if_full()
+
+    def extend(self, columns: dict[str, list[Any]]) -> None:
+        """Append many rows at once, given as one list per column (the fast path: no dict per row)."""
+        table = pa.Table.from_pydict(columns, schema=self.schema)
+        if not table.num_rows:
+            return
+        self._seal_rows()
+        self._tables.append(table)
+        self._count += table.num_rows
+        self._buffered_rows += table.num_rows
+        if self.folder is None:
+            return
+        self._buffered_bytes += table.nbytes
+        self._spill_if_full()
+
+    def _seal_rows(self) -> None:
+        """Turn the appended rows into a table, so that the buffer keeps its order when columns follow."""
+        if self._buffer:
+            self._tables.append(pa.Table.from_pylist(self._buffer, schema=self.schema))
+            self._buffer = []
+
+    def _spill_if_full(self) -> None:
+        if self._buffered_rows >= self.max_rows_in_memory or self._buffered_bytes >= self.max_bytes_in_memory:
             self._spill()
 
     def _spill(self) -> None:
         assert self.folder is not None
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"{self._name}-{len(self._files):05d}.parquet"
-        pq.write_table(pa.Table.from_pylist(self._buffer, schema=self.schema), path)
+        self._seal_rows()
+        pq.write_table(pa.concat_tables(self._tables), path)
         self._files.append(path)
-        self._buffer = []
+        self._tables = []
+        self._buffered_rows = 0
         self._buffered_bytes = 0
         release_arrow_memory()
 
@@ -108,5 +136,6 @@ class RowSpool:
         for path in self._files:
             for batch in pq.ParquetFile(path).iter_batches(batch_size=rows_per_table):
                 yield pa.Table.from_batches([batch], schema=self.schema)
+        yield from self._tables
         for start in range(0, len(self._buffer), rows_per_table):
             yield pa.Table.from_pylist(self._buffer[start:start + rows_per_table], schema=self.schema)

@@ -43,6 +43,20 @@ from mrlkit.pairs.writer import content_hash, file_hashes, write_json, write_pai
 log = logging.getLogger(__name__)
 
 
+def shard_options(cfg: PipelineConfig) -> ShardOptions:
+    """What each shard worker needs; loads the tokenizer (to learn its limits) when chunking is on."""
+    max_tokens = overlap = 0
+    tokenizer = None
+    if cfg.corpus.chunking:
+        from mrlkit.corpus.chunking import effective_limits
+
+        tokenizer = cfg.corpus.tokenizer or cfg.train.base_model
+        max_tokens, overlap = effective_limits(tokenizer, cfg.corpus.chunk_tokens, cfg.corpus.chunk_overlap_tokens)
+    wants_cloze = cfg.pairs.source == "synthetic" and "inverse_cloze" in cfg.pairs.synthetic.methods
+    return ShardOptions(cfg.corpus, tokenizer, max_tokens, overlap, cfg.corpus.dedupe == "near",
+                        cfg.pairs.synthetic if wants_cloze else None, cfg.pairs.split.seed)
+
+
 class PrepareStage:
     """Corpus processing as a sharded Ray job, then pairs and a leakage-free split."""
 
@@ -62,7 +76,6 @@ class PrepareStage:
         if pairs.hard_negatives.enabled and pairs.split.mode == "reference":
             log.info("prepare: hard negatives change the reference train set's columns, not its rows")
         self.cfg = cfg
-        self.tokenizer_ref = corpus.tokenizer or cfg.train.base_model
         self.inputs: Inputs | None = None
         self.options: ShardOptions | None = None
         self.qrels: Qrels | None = None
@@ -75,14 +88,7 @@ class PrepareStage:
         self.inputs = find_inputs(cfg.corpus)
         log.info("prepare: %d input files, %.1f MB under %s", len(self.inputs.files), self.inputs.total_bytes / 1e6,
                  cfg.corpus.input)
-        max_tokens = overlap = 0
-        tokenizer = None
-        if cfg.corpus.chunking:
-            from mrlkit.corpus.chunking import effective_limits
-
-            tokenizer = self.tokenizer_ref
-            max_tokens, overlap = effective_limits(tokenizer, cfg.corpus.chunk_tokens, cfg.corpus.chunk_overlap_tokens)
-        self.options = ShardOptions(cfg.corpus, tokenizer, max_tokens, overlap, cfg.corpus.dedupe == "near")
+        self.options = shard_options(cfg)
         if cfg.pairs.source == "qrels":
             if not self.inputs.is_beir:
                 raise ConfigError("pairs.source 'qrels' needs a BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
@@ -188,4 +194,4 @@ class PrepareStage:
             shutil.rmtree(self.work, ignore_errors=True)
 
 
-__all__ = ["PrepareStage"]
+__all__ = ["PrepareStage", "shard_options"]

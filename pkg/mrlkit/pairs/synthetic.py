@@ -30,6 +30,15 @@ class SyntheticPair:
 
 def inverse_cloze(chunk_id: str, text: str, cfg: SyntheticPairsConfig, seed: int) -> list[SyntheticPair]:
     """Up to ``cfg.pairs_per_chunk`` (sentence -> rest of chunk) pairs; none if the chunk has one sentence."""
+    return [cloze_pair(text, start, end) for start, end in cloze_spans(chunk_id, text, cfg, seed)]
+
+
+def cloze_spans(chunk_id: str, text: str, cfg: SyntheticPairsConfig, seed: int) -> list[tuple[int, int]]:
+    """The ``(start, end)`` of each sentence :func:`inverse_cloze` takes as a query, in text order.
+
+    This is the costly half (every sentence is found and counted); prepare's shard workers run it in
+    parallel and the driver rebuilds the pairs with the cheap :func:`cloze_pair`.
+    """
     spans = [(m.start(), m.end()) for m in _SENTENCE.finditer(text) if m.group().strip()]
     if len(spans) < 2:
         return []
@@ -39,13 +48,16 @@ def inverse_cloze(chunk_id: str, text: str, cfg: SyntheticPairsConfig, seed: int
         return []
     rng = random.Random(f"{seed}:{chunk_id}")
     picked = rng.sample(eligible, min(cfg.pairs_per_chunk, len(eligible)))
-    out = []
-    for start, end in sorted(picked):
-        query = " ".join(text[start:end].split())
-        rest = (text[:start].rstrip() + " " + text[end:].lstrip()).strip()
-        if len(rest.split()) >= cfg.min_query_words:
-            out.append(SyntheticPair(query, rest, "inverse_cloze"))
-    return out
+    # The rest's word count is the words before plus the words after (cloze_pair joins them with a space).
+    return [(start, end) for start, end in sorted(picked)
+            if len(text[:start].split()) + len(text[end:].split()) >= cfg.min_query_words]
+
+
+def cloze_pair(text: str, start: int, end: int) -> SyntheticPair:
+    """The sentence ``text[start:end]`` (whitespace collapsed) as query, the chunk without it as positive."""
+    query = " ".join(text[start:end].split())
+    rest = (text[:start].rstrip() + " " + text[end:].lstrip()).strip()
+    return SyntheticPair(query, rest, "inverse_cloze")
 
 
 def title_pair(title: str | None, heading: str | None, text: str) -> SyntheticPair | None:
