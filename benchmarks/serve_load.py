@@ -5,10 +5,12 @@
 N concurrent clients (asyncio + httpx, 127.0.0.1 only) each send requests of 1-16 short
 texts with a random dimension, until ``--requests`` requests or ``--seconds`` have passed.
 Reports requests/s, texts/s, p50/p95/p99 latency and errors; then the ratio of served
-texts/s to raw ``encode`` texts/s measured on the same model, texts and CPU in this run
-(raw before and after the served load, Ray not running, so the two never compete; the ratio
-uses their mean). Raw encode runs at its best split of the cores (torch on all of them, or one
-encoder thread per core, which a replica also does by default: ``--concurrent-batches``).
+texts/s to raw ``encode`` texts/s measured on the same model, texts and CPU in this run.
+Raw encode runs at its best split of the cores (torch on all of them, or one encoder thread
+per core, which a replica also does by default: ``--concurrent-batches``), chosen before Ray
+starts. The two never compete, but they are interleaved: ``--rounds`` rounds of raw encode (the
+app idle) then served load, so the ratio compares figures taken minutes, not tens of minutes,
+apart. On a shared machine whose speed drifts, that matters more than the length of a window.
 Clients ask for ``encoding_format: base64``, as the OpenAI Python client does by default. The
 result also says how many cores the replica, Serve's proxy and controller, the load generator and
 the rest of Ray used during the load: on a small machine they all share the cores raw encode had.
@@ -226,6 +228,25 @@ async def run_load(url: str, texts: list[str], dims: list[int], *, clients: int,
             "p99_halves_ms": p99_halves(timeline[first_entry:], started, elapsed)}
 
 
+def merge_rounds(loads: list[dict[str, Any]], timeline: list[tuple[float, float, str]], clients: int) -> dict[str, Any]:
+    """One :func:`run_load` result for several rounds of load: totals summed, latency over every request."""
+    statuses: dict[str, int] = {}
+    for load in loads:
+        for key, n in load["statuses"].items():
+            statuses[key] = statuses.get(key, 0) + n
+    seconds = sum(load["seconds"] for load in loads)
+    ok = statuses.get("200", 0)
+    texts = sum(load["texts_per_s"] * load["seconds"] for load in loads)
+    latencies = [latency for _, latency, _ in timeline]
+    return {"clients": clients, "requests": sum(statuses.values()), "ok": ok, "errors": sum(statuses.values()) - ok,
+            "statuses": statuses, "error_samples": {k: v for load in loads for k, v in load["error_samples"].items()},
+            "seconds": round(seconds, 2), "requests_per_s": round(ok / seconds, 1),
+            "texts_per_s": round(texts / seconds, 1),
+            "latency_ms": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95),
+                           "p99": percentile(latencies, 99), "max": percentile(latencies, 100)},
+            "p99_by_round_ms": [load["latency_ms"]["p99"] for load in loads]}
+
+
 def soak(url: str, handle: Any, texts: list[str], dims: list[int], *, clients: int, seconds: float, max_texts: int,
          seed: int = 2) -> dict[str, Any]:
     """Warm up, then load ``url`` for ``seconds`` (no request bound); the replica's RSS before and after.
@@ -251,9 +272,11 @@ def main() -> int:
     parser.add_argument("--dims", default="384,256,128,64,32", help="dimensions the clients ask for")
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--requests", type=int, default=4000, help="stop after this many requests")
-    parser.add_argument("--seconds", type=float, default=40.0, help="stop after this long")
+    parser.add_argument("--seconds", type=float, default=45.0, help="stop after this long (all rounds)")
     parser.add_argument("--max-texts", type=int, default=16)
-    parser.add_argument("--raw-seconds", type=float, default=15.0)
+    parser.add_argument("--raw-seconds", type=float, default=10.0, help="raw encode window (each split, each round)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="raw / served rounds; --seconds and --requests are split between them")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--batch-wait-s", type=float, default=0.005)
     parser.add_argument("--concurrent-batches", type=int, default=1, help="replica's max_concurrent_batches")
@@ -316,21 +339,37 @@ def main() -> int:
         asyncio.run(run_load(url, texts, dims, clients=4, max_requests=40, seconds=30, max_texts=ns.max_texts,
                              seed=1))
         start_stats = replica_stats(handle, ns.replicas)
-        cpu_before = cpu_seconds_by_role()
-        load = asyncio.run(run_load(url, texts, dims, clients=ns.clients, max_requests=ns.requests,
-                                    seconds=ns.seconds, max_texts=ns.max_texts, seed=2))
-        cpu_share = cpu_share_by_role(cpu_before, cpu_seconds_by_role(), load["seconds"])
+        threads, encoders = raw_before["torch_threads"], raw_before["encoders"]
+        timeline: list[tuple[float, float, str]] = []
+        rounds: list[dict[str, Any]] = []
+        for r in range(ns.rounds):
+            raw_round = raw_encode_throughput(ns.model, texts, ns.max_batch_size, ns.raw_seconds, threads, encoders)
+            cpu_before = cpu_seconds_by_role()
+            served = asyncio.run(run_load(url, texts, dims, clients=ns.clients, max_requests=ns.requests // ns.rounds,
+                                          seconds=ns.seconds / ns.rounds, max_texts=ns.max_texts, seed=2 + r,
+                                          timeline=timeline))
+            share = cpu_share_by_role(cpu_before, cpu_seconds_by_role(), served["seconds"])
+            rounds.append({"raw_texts_per_s": raw_round["texts_per_s"], "served": served, "cores": share})
+            print(f"round {r + 1}/{ns.rounds}: raw {raw_round['texts_per_s']} texts/s, served "
+                  f"{served['texts_per_s']} texts/s ({_ratio(served['texts_per_s'], raw_round['texts_per_s'])}x), "
+                  f"errors {served['errors']}", flush=True)
         end_stats = replica_stats(handle, ns.replicas)
+        load = merge_rounds([r["served"] for r in rounds], timeline, ns.clients)
+        cpu_share = {role: round(sum(r["cores"].get(role, 0.0) * r["served"]["seconds"] for r in rounds)
+                                 / load["seconds"], 3) for role in rounds[-1]["cores"]}
     serve.shutdown()
     ray.shutdown()
-    # Raw again after the load, so a change in what else runs on the machine shows instead of skewing the ratio.
-    threads, encoders = raw_before["torch_threads"], raw_before["encoders"]
-    raw_after = raw_encode_throughput(ns.model, texts, ns.max_batch_size, ns.raw_seconds, threads, encoders)
-    print(f"raw encode (after): {raw_after['texts_per_s']} texts/s", flush=True)
-    raw = {**raw_before, "texts_per_s": round((raw_before["texts_per_s"] + raw_after["texts_per_s"]) / 2, 1),
-           "texts_per_s_before": raw_before["texts_per_s"], "texts_per_s_after": raw_after["texts_per_s"],
+    if soaked is not None:
+        # No rounds in a soak: raw once more after it, so a change in the machine's speed shows.
+        raw_after = raw_encode_throughput(ns.model, texts, ns.max_batch_size, ns.raw_seconds,
+                                          raw_before["torch_threads"], raw_before["encoders"])
+        rounds = [{"raw_texts_per_s": raw_after["texts_per_s"], "served": load}]
+    raw_rounds = [r["raw_texts_per_s"] for r in rounds]
+    raw = {**raw_before, "texts_per_s": round(sum(raw_rounds) / len(raw_rounds), 1),
+           "texts_per_s_by_round": raw_rounds, "texts_per_s_split_search": raw_before["texts_per_s"],
            "texts_per_s_by_split_before": {k: r["texts_per_s"] for k, r in raw_by_split.items()},
            "split": "torch threads x concurrent encoders"}
+    round_ratios = [_ratio(r["served"]["texts_per_s"], r["raw_texts_per_s"]) for r in rounds]
 
     batches = end_stats["batches"] - start_stats["batches"]
     texts_batched = end_stats["batched_texts"] - start_stats["batched_texts"]
@@ -354,6 +393,11 @@ def main() -> int:
         "load_average_1m": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2),
                             "note": "other work on this shared machine; high values depress every figure"},
         "served_over_raw_texts_per_s": ratio,
+        "served_over_raw_by_round": round_ratios,
+        "rounds": {"count": len(rounds), "raw_seconds_each": ns.raw_seconds,
+                   "served_seconds_each": [r["served"]["seconds"] for r in rounds],
+                   "served_texts_per_s_by_round": [r["served"]["texts_per_s"] for r in rounds],
+                   "note": "each round: raw encode with the app idle, then the served load"},
         "targets": {"served_over_raw_texts_per_s": ">= 0.8", "errors_at_64_clients": 0},
         "infinity_emb": ("skipped: infinity-emb 0.0.78 exists on PyPI but pins numpy<2, sentence-transformers<4 "
                          "and transformers<=5.0, which conflict with this project's environment (numpy 2, "
