@@ -103,11 +103,13 @@ def replica_stats(handle: Any, replicas: int) -> dict[str, Any]:
     if len(seen) < replicas:
         raise RuntimeError(f"only {len(seen)} of {replicas} replicas answered stats()")
     first, *rest = seen.values()
-    total = dict(first)
+    total = {**first, "counts": dict(first["counts"])}
     for other in rest:
-        for key in ("batches", "batched_texts", "forward_seconds", "rss_bytes"):
+        for key in ("batches", "batched_texts", "forward_seconds", "request_seconds", "rss_bytes"):
             total[key] += other[key]
         total["max_batch_size_seen"] = max(total["max_batch_size_seen"], other["max_batch_size_seen"])
+        total["counts"] = {key: total["counts"].get(key, 0) + other["counts"].get(key, 0)
+                           for key in {*total["counts"], *other["counts"]}}
     total["pids"] = sorted(seen)
     total["mean_batch_size"] = round(total["batched_texts"] / total["batches"], 2) if total["batches"] else 0.0
     return total
@@ -225,6 +227,7 @@ async def run_load(url: str, texts: list[str], dims: list[int], *, clients: int,
             "requests_per_s": round(ok / elapsed, 1), "texts_per_s": round(sent_texts / elapsed, 1),
             "latency_ms": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95),
                            "p99": percentile(latencies, 99), "max": percentile(latencies, 100)},
+            "mean_latency_ms": round(1000 * sum(latencies) / len(latencies), 1) if latencies else None,
             "p99_halves_ms": p99_halves(timeline[first_entry:], started, elapsed)}
 
 
@@ -244,6 +247,7 @@ def merge_rounds(loads: list[dict[str, Any]], timeline: list[tuple[float, float,
             "texts_per_s": round(texts / seconds, 1),
             "latency_ms": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95),
                            "p99": percentile(latencies, 99), "max": percentile(latencies, 100)},
+            "mean_latency_ms": round(1000 * sum(latencies) / len(latencies), 1) if latencies else None,
             "p99_by_round_ms": [load["latency_ms"]["p99"] for load in loads]}
 
 
@@ -374,6 +378,9 @@ def main() -> int:
     batches = end_stats["batches"] - start_stats["batches"]
     texts_batched = end_stats["batched_texts"] - start_stats["batched_texts"]
     forward_s = end_stats["forward_seconds"] - start_stats["forward_seconds"]
+    answered = sum(end_stats["counts"].get(k, 0) - start_stats["counts"].get(k, 0) for k in end_stats["counts"]
+                   if k.startswith("requests."))
+    in_replica_s = end_stats["request_seconds"] - start_stats["request_seconds"]
     ratio = round(load["texts_per_s"] / raw["texts_per_s"], 3) if raw["texts_per_s"] else None
     figures: dict[str, Any] = {
         "model": ns.model, "dims_requested": dims, "texts_per_request": f"1-{ns.max_texts}",
@@ -386,7 +393,11 @@ def main() -> int:
                    "mean_batch_size_during_load": round(texts_batched / batches, 2) if batches else None,
                    "forward_seconds_during_load": round(forward_s, 2),
                    "forward_ms_per_text_during_load": round(1000 * forward_s / texts_batched, 2)
-                   if texts_batched else None},
+                   if texts_batched else None,
+                   # Mean time a request spent inside a replica (handler start to answer), against the mean the
+                   # client saw: the difference waited in the proxy or the router.
+                   "mean_ms_in_replica_during_load": round(1000 * in_replica_s / answered, 1) if answered else None,
+                   "mean_ms_at_client_during_load": load.get("mean_latency_ms")},
         "raw_encode": raw, "serve": load,
         # Where the machine's cores went during the load (raw encode had them all to itself).
         "cores_used_during_load": cpu_share,

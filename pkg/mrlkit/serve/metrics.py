@@ -50,13 +50,14 @@ class ServeMetrics:
         self._tally: _Tally[str] = _Tally()
         # Running totals, not lists: a replica lives for weeks.
         self._batches = self._batched_texts = self._largest_batch = 0
-        self._forward_seconds = 0.0
+        self._forward_seconds = self._request_seconds = 0.0
         self._in_flight = self._most_in_flight = 0
 
     def request(self, route: str, status: int, seconds: float, *, code: str | None = None) -> None:
         self._requests.inc(tags={"route": route, "status": str(status)})
         self._latency.observe(seconds, tags={"route": route})
         self._tally[f"requests.{status}"] += 1
+        self._request_seconds += seconds
         if status >= 400:
             self._errors.inc(tags={"status": str(status), "code": code or "unknown"})
             self._tally[f"errors.{status}.{code or 'unknown'}"] += 1
@@ -95,5 +96,8 @@ class ServeMetrics:
             "max_batch_size_seen": self._largest_batch,
             "mean_batch_size": round(self._batched_texts / self._batches, 2) if self._batches else 0.0,
             "forward_seconds": round(self._forward_seconds, 3),
+            # Summed over requests, from the handler's start to its answer: a client waiting far longer than
+            # this waited before the replica (in the proxy or the router), not in the batcher.
+            "request_seconds": round(self._request_seconds, 3),
             "most_forward_passes_in_flight": self._most_in_flight,
         }
