@@ -165,6 +165,13 @@ def answer_key(response: Any, n_inputs: int) -> str:
     return str(response.status_code) if well_formed else f"{response.status_code}_not_openai_error"
 
 
+def latency_summary(latencies: list[float]) -> dict[str, Any]:
+    """``latency_ms`` (p50/p95/p99/max) and ``mean_latency_ms`` of latencies in seconds."""
+    return {"latency_ms": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95),
+                           "p99": percentile(latencies, 99), "max": percentile(latencies, 100)},
+            "mean_latency_ms": round(1000 * sum(latencies) / len(latencies), 1) if latencies else None}
+
+
 def p99_halves(timeline: list[tuple[float, float, str]], started: float, elapsed: float) -> dict[str, float | None]:
     """p99 latency (ms) of the requests sent in the first and in the second half of the run."""
     middle = started + elapsed / 2
@@ -225,9 +232,7 @@ async def run_load(url: str, texts: list[str], dims: list[int], *, clients: int,
             "errors": sum(statuses.values()) - ok, "statuses": statuses, "error_samples": error_samples,
             "seconds": round(elapsed, 2),
             "requests_per_s": round(ok / elapsed, 1), "texts_per_s": round(sent_texts / elapsed, 1),
-            "latency_ms": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95),
-                           "p99": percentile(latencies, 99), "max": percentile(latencies, 100)},
-            "mean_latency_ms": round(1000 * sum(latencies) / len(latencies), 1) if latencies else None,
+            **latency_summary(latencies),
             "p99_halves_ms": p99_halves(timeline[first_entry:], started, elapsed)}
 
 
@@ -245,9 +250,7 @@ def merge_rounds(loads: list[dict[str, Any]], timeline: list[tuple[float, float,
             "statuses": statuses, "error_samples": {k: v for load in loads for k, v in load["error_samples"].items()},
             "seconds": round(seconds, 2), "requests_per_s": round(ok / seconds, 1),
             "texts_per_s": round(texts / seconds, 1),
-            "latency_ms": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95),
-                           "p99": percentile(latencies, 99), "max": percentile(latencies, 100)},
-            "mean_latency_ms": round(1000 * sum(latencies) / len(latencies), 1) if latencies else None,
+            **latency_summary(latencies),
             "p99_by_round_ms": [load["latency_ms"]["p99"] for load in loads]}
 
 

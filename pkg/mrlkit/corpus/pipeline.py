@@ -57,6 +57,11 @@ class ChunkTable:
         """The kept chunk that stands for chunk ``i``: itself, the one it duplicates, or -1 (dropped)."""
         return i if self.keep[i] else int(self.dup_of[i])
 
+    def kept_indices(self, start: int, stop: int) -> np.ndarray:
+        """:meth:`kept_index` of every chunk in ``[start, stop)`` at once."""
+        keep = self.keep[start:stop]
+        return np.where(keep, np.arange(start, start + len(keep)), self.dup_of[start:stop])
+
     def iter_columns(self, columns: tuple[str, ...] = STAGING_COLUMNS, batch_rows: int = 8192):
         """Yield ``(index of the first row, {column: list of values})`` for every batch of staged chunks, in order."""
         import pyarrow.parquet as pq
@@ -68,13 +73,9 @@ class ChunkTable:
 
     def iter_rows(self, columns: tuple[str, ...] = STAGING_COLUMNS, batch_rows: int = 4096):
         """Yield ``(index, row dict)`` for every staged chunk, kept or not, in order."""
-        import pyarrow.parquet as pq
-
-        index = 0
-        for batch in pq.ParquetFile(self.staging).iter_batches(batch_size=batch_rows, columns=list(columns)):
-            for row in batch.to_pylist():
-                yield index, row
-                index += 1
+        for first, batch in self.iter_columns(columns, batch_rows):
+            for k, values in enumerate(zip(*batch.values(), strict=True)):
+                yield first + k, dict(zip(columns, values, strict=True))
 
 
 def build_chunks(inputs: Inputs, options: ShardOptions, work_dir: Path, num_cpus: int | None = None) -> tuple[

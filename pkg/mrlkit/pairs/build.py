@@ -85,9 +85,9 @@ def build_pairs(cfg: PipelineConfig, chunks: ChunkTable, qrels: Qrels | None = N
     judged = _judged_targets(chunks, qrels) if source == "qrels" else set()
     for first, rows in chunks.iter_columns():
         # Per batch, as Python lists: indexing numpy arrays row by row costs more than the work itself.
-        keep = chunks.keep[first:first + len(rows["text"])].tolist()
-        targets = np.where(chunks.keep[first:first + len(keep)], np.arange(first, first + len(keep)),
-                           chunks.dup_of[first:first + len(keep)]).tolist()
+        stop = first + len(rows["text"])
+        keep = chunks.keep[first:stop].tolist()
+        targets = chunks.kept_indices(first, stop).tolist()
         for k, (text, target) in enumerate(zip(rows["text"], targets, strict=True)):
             if target < 0:
                 continue
