@@ -261,6 +261,8 @@ class TrainConfig:
     max_failures: int = 3
     seed: int = 42
     max_train_pairs: int | None = None
+    length_bucketing: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         dims = self.matryoshka_dims

@@ -57,3 +57,23 @@ def test_worker_loop_trains_triplets_with_cached_loss_without_ray(tmp_path, tiny
                         "resume_from": str(saved)})
     assert again["step"] == 2 and again["resumed_from_step"] == 2 and again["train_seconds"] == 0.0
     assert not Path(again["output_dir"], "checkpoint-3").exists()
+
+
+def test_worker_loop_with_length_bucketing_and_compiled_blocks(tmp_path, tiny_model, caplog):
+    """The GPU speed levers run on CPU too: bucketed batches, each encoder block through torch.compile."""
+    import logging
+
+    cfg = load_config(None, [
+        "name=w", f"storage.root={tmp_path / 'root'}", f"train.base_model={tiny_model}",
+        "train.matryoshka_dims=[32,8]", "train.batch_size=4", "train.max_steps=3", "train.eval_strategy=no",
+        "train.learning_rate=1e-3", "train.length_bucketing=true", "train.compile=true",
+    ])
+    n = 16
+    publish_pairs(layout.pairs_uri(cfg), {
+        "anchor": [f"question {i}" for i in range(n)],
+        "positive": [f"answer {i} " + "words " * (i * 7 % 40) for i in range(n)],
+    })
+    with caplog.at_level(logging.INFO, logger="mrlkit"):
+        summary = train_loop({"config": config_to_dict(cfg), "output_dir": str(tmp_path / "out")})
+    assert summary["step"] == 3 and summary["train_loss"] > 0
+    assert "compiles 2 transformer blocks" in caplog.text

@@ -95,7 +95,8 @@ def schedule_args(train: TrainConfig) -> dict[str, Any]:
 
 def training_arguments(train: TrainConfig, output_dir: str, world_size: int) -> Any:
     from sentence_transformers import SentenceTransformerTrainingArguments
-    from sentence_transformers.sentence_transformer.training_args import BatchSamplers
+
+    from mrlkit.train.sampler import batch_sampler
 
     metric = best_metric_key(train)
     return SentenceTransformerTrainingArguments(
@@ -108,7 +109,7 @@ def training_arguments(train: TrainConfig, output_dir: str, world_size: int) -> 
         lr_scheduler_type=train.scheduler,
         warmup_steps=train.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
         weight_decay=train.weight_decay,
-        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        batch_sampler=batch_sampler(train.length_bucketing),
         metric_for_best_model=metric,
         greater_is_better=greater_is_better(train) if metric else None,
         load_best_model_at_end=False,  # the launcher exports the best Ray checkpoint; robust across restarts
@@ -194,10 +195,12 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
     from transformers.trainer_callback import PrinterCallback
 
-    from mrlkit.models import resolve_model
+    from mrlkit.models import avoid_cudnn_attention, resolve_model
 
     cfg = config_from_dict(loop_config["config"])
     train = cfg.train
+    if train.use_gpu:
+        avoid_cudnn_attention()
     use_ray = bool(loop_config.get("use_ray"))
     if use_ray:
         _log_to_stderr()
@@ -211,6 +214,11 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
     model = SentenceTransformer(resolve_model(train.base_model), device="cpu")
     if train.max_seq_length:
         model.max_seq_length = train.max_seq_length
+    if train.compile:
+        from mrlkit.train.regional_compile import compile_blocks
+
+        log.info("train: worker %d compiles %d transformer blocks (torch.compile, dynamic shapes)", rank,
+                 compile_blocks(model))
     train_ds = load_train_dataset(layout.pairs_uri(cfg), train.max_train_pairs)
     evaluating = train.eval_strategy != "no"
     eval_ds = load_eval_dataset(layout.pairs_uri(cfg)) if evaluating else None

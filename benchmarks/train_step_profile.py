@@ -1,0 +1,137 @@
+"""Where a training step's time goes on a GPU: a bare PyTorch step against sentence-transformers' trainer.
+
+Same model (random init, ``--model-shape``), same pairs and batch as ``train_throughput.py``:
+
+1. ``bare``: tokenize, forward anchors and positives under bf16 autocast, in-batch-negatives loss,
+   backward, fused AdamW: the floor for this model and batch without any trainer around it.
+2. ``trainer``: the seed configuration through ``SentenceTransformerTrainer``, with ``torch.profiler``
+   over steps 10-29: the top operators by CPU and by GPU time, and the GPU-busy share of the wall time.
+
+Run on a GPU machine::
+
+    python benchmarks/train_step_profile.py --model-shape bge-base --lengths financial --tokenizer .devbench/tok
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import train_throughput as tt  # the shared model shapes and pair generator
+
+
+def bare_steps(model_dir: str, anchors: list[str], positives: list[str], batch: int, steps: int) -> dict:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(model_dir, device="cuda")
+    model.max_seq_length = 512
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5, fused=True)
+    times, tokens = [], []
+    for step in range(steps):
+        lo = (step * batch) % (len(anchors) - batch)
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        feats = [model.tokenize(texts) for texts in (anchors[lo:lo + batch], positives[lo:lo + batch])]
+        feats = [{k: v.to("cuda") if hasattr(v, "to") else v for k, v in f.items()} for f in feats]
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            q, d = (model(f)["sentence_embedding"] for f in feats)
+            scores = q @ d.T * 20
+        loss = torch.nn.functional.cross_entropy(scores.float(), torch.arange(batch, device="cuda"))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+        tokens.append(sum(int(f["attention_mask"].sum()) for f in feats))
+    kept = times[5:]
+    return {"ms_per_step_median": round(1e3 * statistics.median(kept), 2),
+            "pairs_per_s": round(batch / statistics.median(kept), 1),
+            "real_tokens_per_step": statistics.mean(tokens)}
+
+
+def profiled_trainer(cfg, out_dir: Path, steps: int) -> dict:
+    import torch
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
+    from torch.profiler import ProfilerActivity, profile, schedule
+    from transformers import TrainerCallback
+
+    from mrlkit import layout
+    from mrlkit.train.data import load_train_dataset
+    from mrlkit.train.loss import build_loss
+    from mrlkit.train.worker import training_arguments
+
+    model = SentenceTransformer(cfg.train.base_model, device="cpu")
+    model.max_seq_length = cfg.train.max_seq_length
+    dataset = load_train_dataset(layout.pairs_uri(cfg))
+    args = training_arguments(cfg.train, str(out_dir), world_size=1)
+    args.max_steps = steps
+    prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
+                   schedule=schedule(wait=5, warmup=5, active=20, repeat=1))
+    step_ends: list[float] = []
+
+    class Step(TrainerCallback):
+        def on_step_end(self, *a, **k):
+            torch.cuda.synchronize()
+            step_ends.append(time.perf_counter())
+            prof.step()
+
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
+                                         loss=build_loss(model, cfg.train, distributed=False), callbacks=[Step()])
+    with prof:
+        trainer.train()
+    gaps = [b - a for a, b in itertools.pairwise(step_ends)][5:]
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), flush=True)
+    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=15), flush=True)
+    events = prof.key_averages()
+    ops = [e for e in events if not e.key.startswith("ProfilerStep")]  # the step marker spans the whole step
+    gpu_us = sum(e.self_device_time_total for e in ops)
+    cpu_us = sum(e.self_cpu_time_total for e in ops)
+    return {"ms_per_step_median": round(1e3 * statistics.median(gaps), 2),
+            "profiled_gpu_ms_per_step": round(gpu_us / 1e3 / 20, 2),
+            "profiled_cpu_ms_per_step": round(cpu_us / 1e3 / 20, 2)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-shape", choices=sorted(tt.SHAPES), default="bge-base")
+    parser.add_argument("--lengths", choices=["short", "financial", "full"], default="financial")
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--pairs", type=int, default=2048)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--tokenizer", default="sentence-transformers/all-MiniLM-L6-v2")
+    args = parser.parse_args()
+    import torch
+
+    from mrlkit.models import init_random_model
+
+    torch.set_num_threads(args.threads)
+    print(f"cpus {os.cpu_count()} affinity {len(os.sched_getaffinity(0))} threads {torch.get_num_threads()} "
+          f"loadavg {os.getloadavg()}", flush=True)
+    work = Path(tempfile.mkdtemp(prefix="mrlkit-prof-"))
+    hidden, layers, heads = tt.SHAPES[args.model_shape]
+    model_dir = str(init_random_model(work / "model", hidden_size=hidden, num_layers=layers, num_heads=heads,
+                                      max_seq_length=args.seq_len, tokenizer_from=args.tokenizer))
+    anchors, positives = tt.make_texts(args.pairs, args.lengths, args.seq_len, seed=0)
+    print("bare:", bare_steps(model_dir, anchors, positives, args.batch_size, 30), flush=True)
+    ns = argparse.Namespace(model_shape=args.model_shape, batch_size=args.batch_size, epochs=1, seq_len=args.seq_len,
+                            threads=args.threads, use_gpu=True, precision="auto")
+    tt.make_pairs(work, args.pairs, args.lengths, args.seq_len)
+    cfg = tt.pipeline_config(ns, work, model_dir, run="profile")
+    print("trainer:", profiled_trainer(cfg, work / "trainer", args.steps), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
