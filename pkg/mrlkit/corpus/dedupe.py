@@ -156,7 +156,8 @@ class GlobalDeduper:
             _, inverse, counts = np.unique(block.view(np.dtype((np.void, 4 * rows))).ravel(),
                                            return_inverse=True, return_counts=True)
             inverse = inverse.ravel()
-            bucket_ids.append(inverse)
+            # one id per chunk and band is the pass's largest array: int32 halves it (2M chunks: 128 MB)
+            bucket_ids.append(inverse.astype(np.int32) if len(counts) < 2**31 else inverse)
             candidate |= counts[inverse] > 1
         candidate &= ~skip
         near = np.zeros(len(sigs), dtype=bool)

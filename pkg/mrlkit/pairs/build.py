@@ -79,7 +79,10 @@ def build_pairs(cfg: PipelineConfig, chunks: ChunkTable, qrels: Qrels | None = N
     source = cfg.pairs.source
     seed = cfg.pairs.split.seed
     methods = cfg.pairs.synthetic.methods
-    seen_sections: set[tuple[str, str | None]] = set()
+    # Title pairs: one per (document, heading). A document's chunks are consecutive, so only the current
+    # document's headings are remembered (a set over the whole corpus grew with it).
+    section_doc: str | None = None
+    doc_headings: set[str | None] = set()
     pending: list[tuple[str, str, str]] = []
     qrels_texts: dict[str, str] = {}  # the judged documents' texts, for (query, document) pairs after the pass
     judged = _judged_targets(chunks, qrels) if source == "qrels" else set()
@@ -119,10 +122,12 @@ def build_pairs(cfg: PipelineConfig, chunks: ChunkTable, qrels: Qrels | None = N
             elif source == "synthetic" and keep[k]:
                 for pair in ict:
                     emit.pair(side, pair.anchor, pair.positive, cid, pair.method)
-                section = (rows["doc_id"][k], rows["heading"][k])
-                if "title" in methods and section not in seen_sections:
-                    seen_sections.add(section)
-                    pair = title_pair(rows["title"][k], section[1], text)
+                doc_id, heading = rows["doc_id"][k], rows["heading"][k]
+                if doc_id != section_doc:
+                    section_doc, doc_headings = doc_id, set()
+                if "title" in methods and heading not in doc_headings:
+                    doc_headings.add(heading)
+                    pair = title_pair(rows["title"][k], heading, text)
                     if pair is not None:
                         emit.pair(side, pair.anchor, pair.positive, cid, pair.method)
             elif source == "llm" and keep[k]:
