@@ -4,6 +4,11 @@
 # Needs, in an ignored folder the call carries (default .devbench/):
 #   tok/  a BERT uncased tokenizer (MiniLM's files: vocab.txt, tokenizer.json, tokenizer_config.json, ...)
 #   whl/  wheels the machine lacks (datasets, dill, multiprocess for its Python)
+# Made here with:
+#   m=$(.venv/bin/python -c 'from mrlkit.models import resolve_model as r; print(r("sentence-transformers/all-MiniLM-L6-v2"))')
+#   mkdir -p .devbench/tok && cp $m/{config.json,special_tokens_map.json,tokenizer.json,tokenizer_config.json,vocab.txt} .devbench/tok/
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux2014_x86_64 -d .devbench/whl datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
 # Writes JSON results and logs under OUT (default benchmarks/results/gpu).
 #   bash benchmarks/gpu_train.sh [levers|recipe|full|all]
 set -uo pipefail

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -13,8 +15,12 @@ from mrlkit.train.worker import train_loop
 
 
 def test_worker_loop_trains_triplets_with_cached_loss_without_ray(tmp_path, tiny_model, monkeypatch):
-    # As on a GPU box without Ray: any `import ray` inside the loop fails (None in sys.modules blocks it).
-    for name in [m for m in sys.modules if m == "ray" or m.startswith("ray.")]:
+    # As on a GPU box without Ray: an `import ray` / `import ray.train` inside the loop fails (None in
+    # sys.modules blocks it). Other ray.* modules stay cached: a Ray session started by earlier tests keeps a
+    # log thread that imports ray.autoscaler.v2.utils lazily, so that one is loaded before the block.
+    if importlib.util.find_spec("ray") is not None:
+        importlib.import_module("ray.autoscaler.v2.utils")
+    for name in [m for m in sys.modules if m == "ray.train" or m.startswith(("ray.train.", "ray.air"))]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "ray", None)
 
