@@ -45,11 +45,18 @@ class LengthBucketedBatchSampler(DefaultBatchSampler):
         super().__init__(dataset, batch_size=batch_size, drop_last=drop_last, valid_label_columns=valid_label_columns,
                          generator=generator, seed=seed)
         columns = [c for c in dataset.column_names if c not in set(valid_label_columns or [])]
-        self._texts = [list(map(str, dataset[c])) for c in columns]
-        self._lengths = [sum(len(col[i]) for col in self._texts) for i in range(len(dataset))]
+        # Per row, the hashes of its texts (equal texts, equal hashes; within one process, which is all a
+        # sampler needs) and its total length: a few ints per row instead of a second copy of every text.
+        self._hashes: list[list[int]] = []
+        self._lengths = [0] * len(dataset)
+        for name in columns:
+            texts = list(map(str, dataset[name]))
+            self._hashes.append([hash(t) for t in texts])
+            for i, text in enumerate(texts):
+                self._lengths[i] += len(text)
 
-    def _row_texts(self, index: int) -> set[str]:
-        return {col[index] for col in self._texts}
+    def _row_texts(self, index: int) -> set[int]:
+        return {col[index] for col in self._hashes}
 
     def _fill(self, order: list[int]) -> tuple[list[list[int]], list[int]]:
         """Full batches from ``order`` (in order, skipping rows that repeat a text) and the rows left over."""
@@ -57,7 +64,7 @@ class LengthBucketedBatchSampler(DefaultBatchSampler):
         pending = list(order)
         while len(pending) >= self.batch_size:
             batch: list[int] = []
-            seen: set[str] = set()
+            seen: set[int] = set()
             deferred: list[int] = []
             for pos, index in enumerate(pending):
                 texts = self._row_texts(index)
@@ -76,7 +83,7 @@ class LengthBucketedBatchSampler(DefaultBatchSampler):
 
     def _leftover_batches(self, rows: list[int]) -> list[list[int]]:
         """Partial batches from the leftover rows: each row lands in the first batch without its texts."""
-        batches: list[tuple[list[int], set[str]]] = []
+        batches: list[tuple[list[int], set[int]]] = []
         for index in rows:
             texts = self._row_texts(index)
             for batch, seen in batches:
