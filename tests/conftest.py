@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mrlkit import storage
+from mrlkit import s3
 from mrlkit.testing.s3_server import LocalS3Server
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
@@ -29,7 +29,7 @@ def rclone_server(tmp_path_factory):
     """The session's disk-backed S3 server; its settings are the process environment from here on."""
     server = LocalS3Server("rclone", tmp_path_factory.mktemp("rclone") / "data").start()
     os.environ.update(server.env())
-    storage._clients.clear()
+    s3.forget_clients()
     yield server
     server.stop()
 
@@ -62,9 +62,9 @@ def any_root(request, tmp_path, monkeypatch) -> str:
     server = request.getfixturevalue(f"{request.param}_server")
     for key, value in server.env().items():
         monkeypatch.setenv(key, value)
-    storage._clients.clear()
+    s3.forget_clients()
     yield f"s3://{_new_bucket(server)}/mrl"
-    storage._clients.clear()
+    s3.forget_clients()
 
 
 @pytest.fixture(scope="session")

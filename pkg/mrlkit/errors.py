@@ -17,5 +17,9 @@ class StorageError(MrlkitError):
     """A storage location cannot be read or written (after bounded retries)."""
 
 
+class StorageNotFound(StorageError):
+    """The object or published output does not exist."""
+
+
 class ModelError(MrlkitError):
     """A model reference cannot be resolved, downloaded or verified."""

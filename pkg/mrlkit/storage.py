@@ -2,14 +2,7 @@
 
 Every stage reads and writes through these functions, given full URIs
 (``/data/mrl/corpora/x/part-0.parquet`` or ``s3://bucket/mrl/corpora/x/part-0.parquet``).
-
-S3 settings come only from the environment, never from config files or logs:
-
-- ``MRLKIT_S3_ENDPOINT`` (or ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``): e.g. ``http://127.0.0.1:9000``;
-  unset means AWS itself.
-- ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, ``AWS_REGION``
-  (or ``AWS_DEFAULT_REGION``, default ``us-east-1``).
-- ``MRLKIT_STORAGE_ATTEMPTS`` (default 5) bounds the retries on transient errors.
+How S3 is reached (endpoint and credentials from the environment, retries) is :mod:`mrlkit.s3`.
 
 Atomic publish: a multi-file output (a shard set, a model folder) is complete
 only once its ``_PUBLISHED.json`` marker exists; the marker is written last
@@ -24,28 +17,21 @@ import hashlib
 import json
 import logging
 import os
-import random
 import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlparse
 
-from mrlkit.errors import StorageError
+from mrlkit.errors import StorageError, StorageNotFound
+from mrlkit.s3 import S3Settings, attempts, s3_client, with_retries
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 MARKER = "_PUBLISHED.json"
-ENDPOINT_ENV_VARS = ("MRLKIT_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
-
-
-class StorageNotFound(StorageError):
-    """The object or published output does not exist."""
 
 
 # -- URIs ------------------------------------------------------------------------------
@@ -95,121 +81,6 @@ def join(uri: str, *parts: str) -> str:
         if part:
             out = f"{out}/{part}"
     return out
-
-
-# -- settings and retries ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class S3Settings:
-    """S3 connection settings from the environment. ``repr`` never shows the secret."""
-
-    endpoint: str | None
-    region: str
-    access_key: str | None
-    secret_key: str | None
-    session_token: str | None
-
-    @classmethod
-    def from_env(cls) -> S3Settings:
-        env = os.environ
-        endpoint = next((env[v] for v in ENDPOINT_ENV_VARS if env.get(v)), None)
-        region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
-        return cls(endpoint, region, env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY"),
-                   env.get("AWS_SESSION_TOKEN"))
-
-    def __repr__(self) -> str:
-        creds = "set" if self.access_key else "unset"
-        return f"S3Settings(endpoint={self.endpoint!r}, region={self.region!r}, credentials={creds})"
-
-    def where(self) -> str:
-        return self.endpoint or f"AWS S3 ({self.region})"
-
-
-def attempts() -> int:
-    """Tries per storage request (``MRLKIT_STORAGE_ATTEMPTS``, default 5), for every retry loop in mrlkit."""
-    try:
-        return max(1, int(os.environ.get("MRLKIT_STORAGE_ATTEMPTS", "5")))
-    except ValueError:
-        raise StorageError("MRLKIT_STORAGE_ATTEMPTS must be a whole number") from None
-
-
-_TRANSIENT_CODES = {"500", "502", "503", "504", "SlowDown", "RequestTimeout", "Throttling", "ThrottlingException",
-                    "InternalError", "ServiceUnavailable", "RequestTimeTooSkewed"}
-
-
-def _is_transient(exc: BaseException) -> bool:
-    from botocore.exceptions import ClientError, HTTPClientError
-    from botocore.exceptions import ConnectionError as BotoConnectionError
-
-    if isinstance(exc, (BotoConnectionError, HTTPClientError, ConnectionError, TimeoutError)):
-        return True
-    if isinstance(exc, ClientError):
-        return str(exc.response.get("Error", {}).get("Code")) in _TRANSIENT_CODES
-    return False
-
-
-def _explain(exc: BaseException, uri: str, settings: S3Settings) -> StorageError:
-    from botocore.exceptions import ClientError, NoCredentialsError
-
-    if isinstance(exc, NoCredentialsError):
-        return StorageError(f"{uri}: no S3 credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
-    if isinstance(exc, ClientError):
-        code = str(exc.response.get("Error", {}).get("Code"))
-        if code in ("NoSuchBucket",):
-            return StorageError(f"{uri}: bucket {parse_uri(uri).bucket!r} does not exist at {settings.where()}")
-        if code in ("NoSuchKey", "404", "NotFound"):
-            return StorageNotFound(f"{uri}: no such object")
-        if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-            return StorageError(f"{uri}: access denied by {settings.where()} ({code}); check the credentials")
-        return StorageError(f"{uri}: S3 error {code} from {settings.where()}")
-    if _is_transient(exc):
-        return StorageError(f"{uri}: cannot reach S3 endpoint {settings.where()} "
-                            f"after {attempts()} attempts ({type(exc).__name__})")
-    return StorageError(f"{uri}: {type(exc).__name__}: {exc}")
-
-
-def with_retries(action: Callable[[], T], uri: str, settings: S3Settings) -> T:
-    """Run an S3 action, retrying transient errors with jittered exponential backoff, then one clear error."""
-    tries = attempts()
-    for attempt in range(1, tries + 1):
-        try:
-            return action()
-        except Exception as exc:
-            if isinstance(exc, StorageError):
-                raise
-            if not _is_transient(exc) or attempt == tries:
-                raise _explain(exc, uri, settings) from None
-            delay = min(4.0, 0.25 * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
-            log.warning("storage: %s on %s (attempt %d/%d); retrying in %.1fs",
-                        type(exc).__name__, uri, attempt, tries, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
-
-
-_clients: dict[S3Settings, Any] = {}
-
-
-def s3_client(settings: S3Settings | None = None) -> Any:
-    """A boto3 S3 client for the environment's settings (path-style, short connect timeout)."""
-    settings = settings or S3Settings.from_env()
-    if settings not in _clients:
-        import boto3
-        from botocore.config import Config
-
-        config = Config(
-            s3={"addressing_style": "path"},
-            retries={"max_attempts": 1, "mode": "standard"},  # our own backoff wraps every call
-            connect_timeout=3, read_timeout=60,
-            # S3-compatible servers (rclone, MinIO) reject the newer default checksums.
-            request_checksum_calculation="when_required", response_checksum_validation="when_required",
-        )
-        _clients[settings] = boto3.client(
-            "s3", endpoint_url=settings.endpoint, region_name=settings.region, config=config,
-            aws_access_key_id=settings.access_key, aws_secret_access_key=settings.secret_key,
-            aws_session_token=settings.session_token,
-        )
-    return _clients[settings]
 
 
 def pyarrow_filesystem(uri: str) -> tuple[Any, str]:

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mrlkit import layout, storage
+from mrlkit import layout, s3, storage
 from mrlkit.config import config_from_dict
 from mrlkit.corpus.chunking import load_tokenizer
 from mrlkit.corpus.pipeline import TooManyRejects
@@ -231,12 +231,12 @@ def test_unreachable_endpoint_fails_at_once(tmp_path, monkeypatch):
     monkeypatch.setenv("MRLKIT_STORAGE_ATTEMPTS", "1")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
-    storage._clients.clear()
+    s3.forget_clients()
     try:
         with pytest.raises(StorageError, match="cannot reach S3 endpoint http://127.0.0.1:9"):
             PrepareStage(_cfg(str(tmp_path / "out"), "s3://bucket/raw")).setup()
     finally:
-        storage._clients.clear()
+        s3.forget_clients()
 
 
 @pytest.mark.parametrize(("extra", "message"), [

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from mrlkit import storage
+from mrlkit import s3, storage
 from mrlkit.errors import StorageError
 from mrlkit.testing.s3_server import LocalS3Server
 
@@ -119,13 +119,13 @@ def test_missing_bucket_is_one_clear_error(rclone_server):
 
 def test_wrong_credentials_are_denied_clearly(rclone_server, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
-    storage._clients.clear()
+    s3.forget_clients()
     try:
         with pytest.raises(StorageError) as err:
             storage.check_reachable("s3://anybucket/x")
         assert "wrong-secret" not in str(err.value)
     finally:
-        storage._clients.clear()
+        s3.forget_clients()
 
 
 def test_server_down_fails_after_bounded_retries(monkeypatch, tmp_path):
@@ -134,7 +134,7 @@ def test_server_down_fails_after_bounded_retries(monkeypatch, tmp_path):
     for key, value in server.env().items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("MRLKIT_STORAGE_ATTEMPTS", "3")
-    storage._clients.clear()
+    s3.forget_clients()
     storage.write_text("s3://bkt/a.txt", "x")
     server.stop()
     started = time.monotonic()
@@ -142,7 +142,7 @@ def test_server_down_fails_after_bounded_retries(monkeypatch, tmp_path):
         with pytest.raises(StorageError, match=r"cannot reach S3 endpoint http://127\.0\.0\.1:\d+ after 3 attempts"):
             storage.read_text("s3://bkt/a.txt")
     finally:
-        storage._clients.clear()
+        s3.forget_clients()
     assert time.monotonic() - started < 15, "bounded retries, not a hang"
 
 
@@ -155,7 +155,7 @@ def test_transient_outage_is_retried_through(monkeypatch, tmp_path):
     for key, value in server.env().items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("MRLKIT_STORAGE_ATTEMPTS", "6")
-    storage._clients.clear()
+    s3.forget_clients()
     storage.write_text("s3://bkt/a.txt", "survives")
     server.stop()
     restart = threading.Timer(1.0, server.start)
@@ -165,13 +165,13 @@ def test_transient_outage_is_retried_through(monkeypatch, tmp_path):
     finally:
         restart.join()
         server.stop()
-        storage._clients.clear()
+        s3.forget_clients()
 
 
 def test_settings_never_show_the_secret(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "planted-secret-123")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "planted-key-456")
-    text = repr(storage.S3Settings.from_env())
+    text = repr(s3.S3Settings.from_env())
     assert "planted-secret-123" not in text and "planted-key-456" not in text
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from mrlkit import layout, storage
+from mrlkit import layout, s3, storage
 from mrlkit.cli import main
 from mrlkit.config import config_from_dict
 from mrlkit.errors import StorageError
@@ -38,10 +38,10 @@ def own_s3(tmp_path, monkeypatch):
     server = LocalS3Server("rclone", tmp_path / "s3" / "data").start()
     for key, value in server.env().items():
         monkeypatch.setenv(key, value)
-    storage._clients.clear()
+    s3.forget_clients()
     yield server
     server.stop()
-    storage._clients.clear()
+    s3.forget_clients()
 
 
 def write_folder(folder: Path, files: int = 20, size: int = 4096) -> Path:

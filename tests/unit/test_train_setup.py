@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mrlkit import layout, storage
+from mrlkit import layout, s3, storage
 from mrlkit.config import load_config
 from mrlkit.errors import ConfigError, MrlkitError, StorageError
 from mrlkit.testing.s3_server import free_port
@@ -69,11 +69,11 @@ def test_unreachable_storage_fails_in_setup(tmp_path, tiny_model, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
     monkeypatch.setenv("MRLKIT_STORAGE_ATTEMPTS", "1")
-    storage._clients.clear()
+    s3.forget_clients()
     stage = TrainStage(config("s3://nowhere-bucket/mrl", tiny_model))
     with pytest.raises(StorageError, match="cannot reach S3 endpoint http://127.0.0.1"):
         stage.setup()
-    storage._clients.clear()
+    s3.forget_clients()
 
 
 def test_missing_pairs_fail_in_setup_saying_what_to_run(tmp_path, tiny_model):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import shutil
 import tempfile
 import time
@@ -19,7 +18,7 @@ from typing import Any, TypeVar
 
 from transformers import TrainerCallback
 
-from mrlkit import storage
+from mrlkit import s3
 
 log = logging.getLogger("mrlkit.train")
 T = TypeVar("T")
@@ -105,18 +104,9 @@ class CrashAtStepCallback(TrainerCallback):
 
 def with_backoff(action: Callable[[], T], what: str, attempts: int = 5, first_delay: float = 0.5,
                  sleep: Callable[[float], None] = time.sleep) -> T:
-    """Run ``action``, retrying any ``OSError`` (pyarrow's S3 errors are OSErrors) with jittered backoff."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return action()
-        except OSError as exc:
-            if attempt == attempts:
-                raise
-            delay = min(8.0, first_delay * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
-            log.warning("train: %s failed (%s); attempt %d/%d, retrying in %.1fs", what, exc, attempt,
-                        attempts, delay)
-            sleep(delay)
-    raise AssertionError("unreachable")
+    """Run ``action``, retrying any ``OSError`` (pyarrow's S3 errors are OSErrors) with :func:`mrlkit.s3.retry`."""
+    return s3.retry(action, what, lambda exc: isinstance(exc, OSError), attempts, first_delay=first_delay,
+                    max_delay=8.0, sleep=sleep)
 
 
 def retrying_upload(checkpoint: Any, checkpoint_dir_name: str) -> Any:
@@ -129,7 +119,7 @@ def retrying_upload(checkpoint: Any, checkpoint_dir_name: str) -> Any:
 
     run_context_storage = ray.train.get_context().get_storage()
     return with_backoff(lambda: run_context_storage.persist_current_checkpoint(checkpoint, checkpoint_dir_name),
-                        f"checkpoint upload {checkpoint_dir_name}", attempts=storage.attempts())
+                        f"checkpoint upload {checkpoint_dir_name}", attempts=s3.attempts())
 
 
 class RayReportCallback(TrainerCallback):

@@ -22,7 +22,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from mrlkit import storage
+from mrlkit import s3, storage
 
 
 class KeysOnlyS3Handler(pafs.FileSystemHandler):
@@ -106,5 +106,5 @@ def ray_storage(uri: str) -> tuple[pafs.FileSystem, str]:
     """``(storage_filesystem, storage_path)`` for ``ray.train.RunConfig`` at ``uri`` (local or ``s3://``)."""
     fs, path = storage.pyarrow_filesystem(uri)
     if storage.is_s3_uri(uri):
-        fs = pafs.PyFileSystem(KeysOnlyS3Handler(fs, storage.attempts()))
+        fs = pafs.PyFileSystem(KeysOnlyS3Handler(fs, s3.attempts()))
     return fs, path
