@@ -14,6 +14,14 @@ from mrlkit.config import config_to_dict, load_config
 from mrlkit.train.worker import train_loop
 
 
+def tiny_worker_config(tmp_path, tiny_model, *overrides: str):
+    """Run ``w`` on the tiny model under ``tmp_path/root``, 32/8-dim MRL, no evaluation, plus ``overrides``."""
+    return load_config(None, [
+        "name=w", f"storage.root={tmp_path / 'root'}", f"train.base_model={tiny_model}",
+        "train.matryoshka_dims=[32,8]", "train.eval_strategy=no", *overrides,
+    ])
+
+
 def test_worker_loop_trains_triplets_with_cached_loss_without_ray(tmp_path, tiny_model, monkeypatch):
     # As on a GPU box without Ray: an `import ray` / `import ray.train` inside the loop fails (None in
     # sys.modules blocks it). Other ray.* modules stay cached: a Ray session started by earlier tests keeps a
@@ -24,11 +32,8 @@ def test_worker_loop_trains_triplets_with_cached_loss_without_ray(tmp_path, tiny
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "ray", None)
 
-    cfg = load_config(None, [
-        "name=w", f"storage.root={tmp_path / 'root'}", f"train.base_model={tiny_model}",
-        "train.matryoshka_dims=[32,8]", "train.loss=cached_mnrl", "train.batch_size=4", "train.mini_batch_size=2",
-        "train.max_steps=2", "train.eval_strategy=no", "train.learning_rate=1e-3",
-    ])
+    cfg = tiny_worker_config(tmp_path, tiny_model, "train.loss=cached_mnrl", "train.batch_size=4",
+                             "train.mini_batch_size=2", "train.max_steps=2", "train.learning_rate=1e-3")
     n = 8
     publish_pairs(layout.pairs_uri(cfg), {
         "anchor": [f"question {i}" for i in range(n)], "positive": [f"answer {i}" for i in range(n)],
@@ -44,21 +49,15 @@ def test_worker_loop_trains_triplets_with_cached_loss_without_ray(tmp_path, tiny
     assert (saved / "modules.json").is_file() and (saved / "optimizer.pt").is_file()
 
     # Resuming from the local checkpoint with a longer horizon continues at step 2.
-    longer = load_config(None, [*(f"{k}={v}" for k, v in [
-        ("name", "w"), ("storage.root", tmp_path / "root"), ("train.base_model", tiny_model),
-        ("train.matryoshka_dims", "[32,8]"), ("train.loss", "cached_mnrl"), ("train.batch_size", 4),
-        ("train.mini_batch_size", 2), ("train.max_steps", 3), ("train.eval_strategy", "no"),
-    ])])
+    longer = tiny_worker_config(tmp_path, tiny_model, "train.loss=cached_mnrl", "train.batch_size=4",
+                                "train.mini_batch_size=2", "train.max_steps=3")
     resumed = train_loop({"config": config_to_dict(longer), "output_dir": str(tmp_path / "out"),
                           "resume_from": str(saved)})
     assert resumed["resumed_from_step"] == 2 and resumed["step"] == 3
 
     # A finished run resumed again trains nothing (the trainer alone would run one extra step).
-    one_epoch = load_config(None, [*(f"{k}={v}" for k, v in [
-        ("name", "w"), ("storage.root", tmp_path / "root"), ("train.base_model", tiny_model),
-        ("train.matryoshka_dims", "[32,8]"), ("train.batch_size", 4), ("train.epochs", 1),
-        ("train.eval_strategy", "no"),
-    ])])  # 8 pairs / batch 4 = 2 steps: the first run's checkpoint-2 is already the end
+    # 8 pairs / batch 4 = 2 steps: the first run's checkpoint-2 is already the end
+    one_epoch = tiny_worker_config(tmp_path, tiny_model, "train.batch_size=4", "train.epochs=1")
     again = train_loop({"config": config_to_dict(one_epoch), "output_dir": str(tmp_path / "again"),
                         "resume_from": str(saved)})
     assert again["step"] == 2 and again["resumed_from_step"] == 2 and again["train_seconds"] == 0.0
@@ -69,11 +68,8 @@ def test_worker_loop_with_length_bucketing_and_compiled_blocks(tmp_path, tiny_mo
     """The GPU speed levers run on CPU too: bucketed batches, each encoder block through torch.compile."""
     import logging
 
-    cfg = load_config(None, [
-        "name=w", f"storage.root={tmp_path / 'root'}", f"train.base_model={tiny_model}",
-        "train.matryoshka_dims=[32,8]", "train.batch_size=4", "train.max_steps=3", "train.eval_strategy=no",
-        "train.learning_rate=1e-3", "train.length_bucketing=true", "train.compile=true",
-    ])
+    cfg = tiny_worker_config(tmp_path, tiny_model, "train.batch_size=4", "train.max_steps=3",
+                             "train.learning_rate=1e-3", "train.length_bucketing=true", "train.compile=true")
     n = 16
     publish_pairs(layout.pairs_uri(cfg), {
         "anchor": [f"question {i}" for i in range(n)],
