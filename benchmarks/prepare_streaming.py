@@ -10,7 +10,7 @@ every second. Afterwards the published corpus and pairs are checked: every input
 chunk and row accounted for (``lost`` must be 0), every manifest file present with its sha256 and
 readable. ``streams``: completed and the corpus is larger than the whole cap.
 
-    .venv/bin/python benchmarks/prepare_streaming.py                        # 2 GB under 1500 MB (long)
+    .venv/bin/python benchmarks/prepare_streaming.py                        # 2 GB under 1800 MB (~9 minutes)
     .venv/bin/python benchmarks/prepare_streaming.py --mb 60 --cap-mb 1700 --name prepare_streaming_small
 
 Writes benchmarks/results/NAME.json. Exits non-zero when the run fails, lost > 0 or the kernel
@@ -322,7 +322,7 @@ def run_capped_prepare(mb: float, cap_mb: float, work_dir: Path, baseline: dict[
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mb", type=float, default=2000.0, help="corpus size to generate (MB)")
-    parser.add_argument("--cap-mb", type=float, default=1500.0, help="memory cap for the CLI and its Ray (MB)")
+    parser.add_argument("--cap-mb", type=float, default=1800.0, help="memory cap for the CLI and its Ray (MB)")
     parser.add_argument("--name", default="prepare_streaming", help="results file: benchmarks/results/NAME.json")
     args = parser.parse_args()
     from common import write_result

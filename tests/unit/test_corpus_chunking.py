@@ -5,6 +5,9 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -81,3 +84,16 @@ def test_bad_chunker_arguments(tokenizer):
         Chunker(tokenizer, 4)
     with pytest.raises(ValueError, match="overlap_tokens"):
         Chunker(tokenizer, 32, 20)
+
+
+def test_model_limits_are_read_without_importing_transformers(tiny_model, tmp_path):
+    # prepare's driver needs only these numbers; transformers would bring torch (~230 MB) into it.
+    bare = tmp_path / "no-sentence-bert-config"  # the limit then comes from tokenizer_config.json
+    shutil.copytree(tiny_model, bare)
+    (bare / "sentence_bert_config.json").unlink()
+    code = ("import sys; from mrlkit.corpus.chunking import model_max_tokens; "
+            f"print(model_max_tokens({MODEL!r}), model_max_tokens({str(bare)!r}), 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    tokenizer = load_tokenizer(str(bare))  # transformers' own answer
+    limit = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else 512
+    assert out == ["254", str(limit - tokenizer.num_special_tokens_to_add(pair=False)), "False"]

@@ -77,14 +77,51 @@ def test_band_rows(threshold, rows):
     assert band_rows(threshold) == rows
 
 
-def test_signatures_spilled_to_disk_give_the_same_answer(tmp_path):
+def test_signatures_spilled_to_disk_give_the_same_answer_and_are_deleted_after_the_pass(tmp_path):
     texts = _texts(60)
     for source, target in ((3, 50), (7, 20)):
         words = texts[source].split()
         words[60] = "edited"
         texts[target] = " ".join(words)
     in_memory = _run(texts, "near", threshold=0.8)
-    spilled = _run(texts, "near", threshold=0.8, spill_dir=tmp_path)
+    canon = [canonical(t) for t in texts]
+    dedupe = GlobalDeduper("near", 0.8, spill_dir=tmp_path)
+    dedupe.add(exact_keys(canon[:25]), minhash_signatures(canon[:25]))
+    dedupe.add(exact_keys(canon[25:]), minhash_signatures(canon[25:]))
+    band_files = sorted(tmp_path.glob("minhash-band-*.u32"))  # band-major: one file per LSH band (4 rows at 0.8)
+    assert len(band_files) == 16 and all(f.stat().st_size == 60 * 4 * 4 for f in band_files)
+    spilled = dedupe.duplicates()
     assert np.flatnonzero(spilled[1]).tolist() == [20, 50]
     assert all(np.array_equal(a, b) for a, b in zip(in_memory, spilled, strict=True))
-    assert (tmp_path / "minhash-signatures.u32").stat().st_size == 60 * 64 * 4  # all of them, on disk
+    assert not list(tmp_path.iterdir())  # one pass is all they are for: their page cache is memory too
+    with pytest.raises(RuntimeError, match="runs once"):
+        dedupe.duplicates()
+
+
+def test_near_pass_keeps_no_two_matching_chunks_and_every_drop_points_at_an_earlier_kept_one(tmp_path):
+    rng = random.Random(5)
+    texts = _texts(80, seed=1)
+    for target in range(40, 80):  # half the corpus: edited copies of earlier chunks, some of them copies of copies
+        words = texts[rng.randrange(target)].split()
+        for _ in range(rng.randint(1, 12)):
+            words[rng.randrange(len(words))] = f"edit{rng.randrange(10**6)}"
+        texts[target] = " ".join(words)
+    threshold = 0.8
+    exact, near, dup_of = _run(texts, "near", threshold=threshold, shards=5, spill_dir=tmp_path)
+    sigs = minhash_signatures([canonical(t) for t in texts])
+    need = int(np.ceil(threshold * 64))
+    kept = np.flatnonzero(~(exact | near))
+    assert 0 < near.sum() < 40
+    for i in np.flatnonzero(near):
+        j = dup_of[i]
+        assert j < i and j in kept and np.count_nonzero(sigs[i] == sigs[j]) >= need
+    rows = band_rows(threshold)
+    for a, b in itertools.combinations(kept, 2):  # kept chunks that are LSH candidates of each other do not match
+        shares_band = any(np.array_equal(sigs[a, s: s + rows], sigs[b, s: s + rows]) for s in range(0, 64, rows))
+        assert not (shares_band and np.count_nonzero(sigs[a] == sigs[b]) >= need)
+
+
+def test_near_mode_without_signatures_is_an_error():
+    dedupe = GlobalDeduper("near", 0.9)
+    with pytest.raises(ValueError, match="signature for every chunk"):
+        dedupe.add(np.zeros(3, dtype=np.int64), None)

@@ -67,18 +67,25 @@ def load_backend(model_ref: str) -> Any:
 
 
 def model_max_tokens(model_ref: str) -> int:
-    """Content tokens the model reads: its max sequence length minus the special tokens it adds."""
+    """Content tokens the model reads: its max sequence length minus the special tokens it adds.
+
+    Read from the model's files and its Rust tokenizer (:func:`load_backend`): ``prepare``'s driver then never
+    imports transformers, which brings torch with it (~230 MB of the driver's memory, for two numbers).
+    """
     from mrlkit.models import resolve_model
 
-    tokenizer = load_tokenizer(model_ref)
-    max_seq = None
-    config = Path(resolve_model(model_ref)) / "sentence_bert_config.json"
-    if config.is_file():
-        max_seq = json.loads(config.read_text()).get("max_seq_length")
+    folder = Path(resolve_model(model_ref))
+    max_seq = _json_field(folder / "sentence_bert_config.json", "max_seq_length")
     if not max_seq:
-        limit = getattr(tokenizer, "model_max_length", None)
+        limit = _json_field(folder / "tokenizer_config.json", "model_max_length")
         max_seq = limit if isinstance(limit, int) and limit < 1_000_000 else 512
-    return int(max_seq) - tokenizer.num_special_tokens_to_add(pair=False)
+    post_processor = load_backend(model_ref).post_processor  # adds the special tokens, e.g. [CLS] ... [SEP]
+    specials = post_processor.num_special_tokens_to_add(False) if post_processor is not None else 0
+    return int(max_seq) - specials
+
+
+def _json_field(path: Path, name: str) -> Any:
+    return json.loads(path.read_text()).get(name) if path.is_file() else None
 
 
 def effective_limits(model_ref: str, chunk_tokens: int, overlap_tokens: int) -> tuple[int, int]:

@@ -110,11 +110,18 @@ class PrepareStage:
         seconds_chunks = time.monotonic() - started
         check_reject_fraction(cfg.corpus, rejects, chunks.counts.get("documents", 0))  # before any pairs work
         pairs = build_pairs(cfg, chunks, self.qrels, self.llm, spool_folder=self.work / "spool")
+        corpus_dir, pairs_dir = self.work / "corpus", self.work / "pairs"
+        write_corpus_parts(chunks, corpus_dir)
+        # The chunk table is done with: its per-chunk arrays (ids, keys, dup_of: ~60 bytes a chunk, 120 MB at
+        # 2M chunks) would otherwise stay through mining and writing the pairs.
+        chunk_counts = chunks.counts
+        chunks.staging.unlink(missing_ok=True)  # its page cache too: as large as the corpus
+        del chunks
         release_arrow_memory()
         if self.qrels is not None:
             rejects += [r.to_json() for r in self.qrels.rejects]
         rejects += pairs.rejects
-        documents = chunks.counts.get("documents", 0) + (self.qrels.lines if self.qrels else 0)
+        documents = chunk_counts.get("documents", 0) + (self.qrels.lines if self.qrels else 0)
         fraction = check_reject_fraction(cfg.corpus, rejects, documents)
         negatives_dropped = 0
         if cfg.pairs.hard_negatives.enabled:
@@ -131,13 +138,13 @@ class PrepareStage:
         by_reason = reject_counts(rejects)
         counts = {
             "read": documents + sum(by_reason.values()) - by_reason.get("empty_question", 0),
-            "documents": chunks.counts.get("documents", 0), "rejected": sum(by_reason.values()),
+            "documents": chunk_counts.get("documents", 0), "rejected": sum(by_reason.values()),
             "rejected_by_reason": by_reason, "empty": by_reason.get("empty", 0),
-            "duplicate_exact": chunks.counts["duplicate_exact"], "duplicate_near": chunks.counts["duplicate_near"],
-            "chunks": chunks.counts["chunks"], "chunks_before_dedupe": chunks.counts["chunks_before_dedupe"],
-            "over_max_documents": chunks.counts.get("over_max_documents", 0),
-            "skipped_hidden_files": chunks.counts["skipped_hidden_files"],
-            "files": chunks.counts["files"], "bytes_read": chunks.counts["bytes_read"],
+            "duplicate_exact": chunk_counts["duplicate_exact"], "duplicate_near": chunk_counts["duplicate_near"],
+            "chunks": chunk_counts["chunks"], "chunks_before_dedupe": chunk_counts["chunks_before_dedupe"],
+            "over_max_documents": chunk_counts.get("over_max_documents", 0),
+            "skipped_hidden_files": chunk_counts["skipped_hidden_files"],
+            "files": chunk_counts["files"], "bytes_read": chunk_counts["bytes_read"],
             "pairs": {"train": len(pairs.train), "test": len(pairs.test),
                       "by_method": dict(sorted(pairs.counts.items())),
                       "hard_negatives_dropped": negatives_dropped, "over_max_pairs": sampled_out},
@@ -145,8 +152,6 @@ class PrepareStage:
         }
         hashes = {"corpus_config": config_hash(cfg.corpus), "pairs_config": config_hash(cfg.pairs),
                   "inputs": content_hash({f.rel: str(f.size) for f in self.inputs.files})}
-        corpus_dir, pairs_dir = self.work / "corpus", self.work / "pairs"
-        write_corpus_parts(chunks, corpus_dir)
         write_rejects(corpus_dir / "rejects.jsonl", rejects)
         corpus_files = file_hashes(corpus_dir)
         manifest = {"stage": "prepare", "name": cfg.name, "input": cfg.corpus.input, "mrlkit_version": __version__,
@@ -165,7 +170,7 @@ class PrepareStage:
         storage.publish_dir(corpus_dir, layout.corpus_uri(cfg))
         storage.publish_dir(pairs_dir, layout.pairs_uri(cfg))
         seconds = time.monotonic() - started
-        mb = chunks.counts["bytes_read"] / 1e6
+        mb = chunk_counts["bytes_read"] / 1e6
         log.info("prepare: read %d, rejected %d (%s), empty %d, duplicate %d exact + %d near, %d chunks, "
                  "pairs %d train / %d test, eval corpus %d, %.1f MB in %.1fs", counts["read"], counts["rejected"],
                  ", ".join(f"{k} {v}" for k, v in by_reason.items()) or "none", counts["empty"],
