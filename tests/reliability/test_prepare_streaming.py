@@ -12,31 +12,18 @@ benchmark runs 2 GB: ``python benchmarks/prepare_streaming.py --mb 2000 --cap-mb
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
-from pathlib import Path
-from types import ModuleType
 
 import pytest
+from benchmark_modules import load_benchmark
 
-REPO = Path(__file__).resolve().parents[2]
 STREAMING_MB = float(os.environ.get("MRLKIT_STREAMING_MB", "900"))
 CAP_MB = float(os.environ.get("MRLKIT_STREAMING_CAP_MB", "1800"))
 
 
-def load_prepare_streaming() -> ModuleType:
-    """``benchmarks/prepare_streaming.py`` as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("prepare_streaming", REPO / "benchmarks" / "prepare_streaming.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("prepare_streaming", module)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 def test_prepare_streams_a_corpus_larger_than_its_memory_headroom(tmp_path, figures):
-    streaming = load_prepare_streaming()
+    streaming = load_benchmark("prepare_streaming")
     capped, reason = streaming.MemoryCap.available()
     if not capped:
         pytest.skip(f"!!! NO WRITABLE MEMORY CGROUP ({reason}): a run without a cap proves nothing about streaming !!!")

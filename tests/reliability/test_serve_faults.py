@@ -12,24 +12,20 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import signal
-import sys
 import threading
 import time
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
 import pytest
+from benchmark_modules import load_benchmark
 
 from mrlkit.testing.http import wait_for_status
 from mrlkit.testing.s3_server import free_port
 
 DIMS = [32, 16, 8]
-REPO = Path(__file__).resolve().parents[2]
 
 # The fault: 8 clients over 2 replicas of 4 concurrent requests each, so every slot is busy at the kill.
 CLIENTS = 8
@@ -57,16 +53,7 @@ P99_GROWTH_FACTOR = 2.0
 P99_SLACK_MS = float(os.environ.get("MRLKIT_SOAK_P99_SLACK_MS", "250"))
 
 
-def load_serve_load() -> ModuleType:
-    """``benchmarks/serve_load.py`` as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("serve_load", REPO / "benchmarks" / "serve_load.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("serve_load", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-serve_load = load_serve_load()
+serve_load = load_benchmark("serve_load")
 
 
 @pytest.fixture(scope="module")
