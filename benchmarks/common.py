@@ -49,10 +49,10 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-def write_result(name: str, figures: dict[str, Any], *, command: str | None = None) -> Path:
-    """Write ``benchmarks/results/<name>.json`` with the figures, the machine and the exact command."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"{name}.json"
+def write_result(name: str, figures: dict[str, Any], *, command: str | None = None, path: Path | None = None) -> Path:
+    """Write ``benchmarks/results/<name>.json`` (or ``path``) with the figures, the machine and the exact command."""
+    out = path or RESULTS / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "benchmark": name,
         "command": command or " ".join([Path(sys.executable).name, *sys.argv]),

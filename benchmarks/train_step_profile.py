@@ -10,6 +10,9 @@ Same model (random init, ``--model-shape``), same pairs and batch as ``train_thr
 Run on a GPU machine::
 
     python benchmarks/train_step_profile.py --model-shape bge-base --lengths financial --tokenizer .devbench/tok
+
+Prints the profiler's operator tables and writes the step figures, the machine and the command to
+``benchmarks/results/train_step_profile.json`` (or ``--out``: on the device machine, a path under ``$OUT``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import train_throughput as tt  # the shared model shapes and pair generator
+from common import write_result
 
 
 def bare_steps(model_dir: str, anchors: list[str], positives: list[str], batch: int, steps: int) -> dict:
@@ -111,6 +115,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--tokenizer", default="sentence-transformers/all-MiniLM-L6-v2")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_step_profile.json"))
     args = parser.parse_args()
     import torch
 
@@ -124,12 +129,19 @@ def main() -> int:
     model_dir = str(init_random_model(work / "model", hidden_size=hidden, num_layers=layers, num_heads=heads,
                                       max_seq_length=args.seq_len, tokenizer_from=args.tokenizer))
     anchors, positives = tt.make_texts(args.pairs, args.lengths, args.seq_len, seed=0)
-    print("bare:", bare_steps(model_dir, anchors, positives, args.batch_size, 30), flush=True)
+    bare = bare_steps(model_dir, anchors, positives, args.batch_size, 30)
+    print("bare:", bare, flush=True)
     ns = argparse.Namespace(model_shape=args.model_shape, batch_size=args.batch_size, epochs=1, seq_len=args.seq_len,
                             threads=args.threads, use_gpu=True, precision="auto")
     tt.make_pairs(work, args.pairs, args.lengths, args.seq_len)
     cfg = tt.pipeline_config(ns, work, model_dir, run="profile")
-    print("trainer:", profiled_trainer(cfg, work / "trainer", args.steps), flush=True)
+    trainer = profiled_trainer(cfg, work / "trainer", args.steps)
+    print("trainer:", trainer, flush=True)
+    write_result("train_step_profile", {
+        "model_shape": args.model_shape, "lengths": args.lengths, "seq_len": args.seq_len,
+        "batch_size": args.batch_size, "bare": bare, "trainer": trainer,
+        "trainer_vs_bare_pairs_per_s": round(args.batch_size * 1e3 / trainer["ms_per_step_median"]
+                                             / bare["pairs_per_s"], 3)}, path=Path(args.out))
     return 0
 
 
