@@ -123,7 +123,10 @@ class SignatureBands:
         if not self._count:
             return np.empty((0, self.rows), dtype=np.uint32)
         if self._files is None:
-            return np.concatenate(self._blocks[band])
+            blocks = self._blocks[band]
+            if len(blocks) > 1:  # joined once and kept: the near pass reads each band twice (candidates, gather)
+                blocks[:] = [np.concatenate(blocks)]
+            return blocks[0]
         return np.memmap(self._files[band], dtype=np.uint32, mode="r", shape=(self._count, self.rows))
 
     def discard(self) -> None:
