@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -17,7 +18,8 @@ import pytest
 from mrlkit import layout, s3, storage
 from mrlkit.config import config_from_dict
 from mrlkit.corpus.chunking import load_tokenizer
-from mrlkit.corpus.pipeline import TooManyRejects
+from mrlkit.corpus.pipeline import TooManyRejects, shard_plan
+from mrlkit.corpus.sources import find_inputs
 from mrlkit.errors import MrlkitError, StorageError
 from mrlkit.pairs.stage import PrepareStage
 from mrlkit.stage import run_stage
@@ -124,6 +126,10 @@ def test_chunks_within_token_budget(mixed):
 
 def test_duplicates_removed_across_shards(mixed):
     _, cfg, summary, _ = mixed
+    files = find_inputs(cfg.corpus).files
+    plan = shard_plan([f.size for f in files], cpus=2)  # ray_local has 2 CPUs
+    block_of = dict(zip([f.rel for f in files], np.repeat(np.arange(len(plan)), plan), strict=True))
+    assert block_of["docs/alpha.md"] != block_of["docs/copy_of_alpha.md"]  # the duplicates really cross shards
     chunks = layout.read_table(layout.corpus_uri(cfg)).to_pylist()
     assert summary["duplicate_exact"] >= 3 and summary["duplicate_near"] >= 1
     assert not any(c["doc_id"] == "docs/copy_of_alpha.md" for c in chunks)  # every chunk duplicates alpha.md's
@@ -153,6 +159,20 @@ def test_pairs_split_without_leakage(mixed):
 
 def test_rerun_gives_identical_outputs(mixed):
     _, cfg, _, first = mixed
+    run_stage(PrepareStage, cfg)
+    assert _outputs(cfg) == first
+
+
+@pytest.mark.parametrize("plan", ["one file a block", "one block"])
+def test_outputs_do_not_depend_on_how_files_are_sharded(mixed, monkeypatch, plan):
+    # Pass 1's blocks follow the CPU count and the file sizes; not a byte of what is published may.
+    from mrlkit.corpus import pipeline
+
+    _, cfg, _, first = mixed
+    # small data pages: where a page ends must follow the rows, not the tables pass 1 happened to send
+    monkeypatch.setattr(pipeline, "DATA_PAGE_BYTES", 512)
+    monkeypatch.setattr(pipeline, "shard_plan",
+                        lambda sizes, cpus: [1] * len(sizes) if plan == "one file a block" else [len(sizes)])
     run_stage(PrepareStage, cfg)
     assert _outputs(cfg) == first
 

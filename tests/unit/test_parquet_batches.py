@@ -1,11 +1,10 @@
-"""Prepare's scratch files are read back in bounded memory, and pass 1's blocks stay small as corpora grow."""
+"""Prepare's scratch files are read back in bounded memory."""
 
 from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mrlkit.corpus.pipeline import BLOCK_BYTES, shard_blocks
 from mrlkit.parquet_batches import iter_row_groups
 
 ROW_GROUP_ROWS = 1000
@@ -39,11 +38,3 @@ def test_only_the_asked_columns_are_read(tmp_path):
     write_text_file(path, row_groups=2)
     batch = next(iter_row_groups(path, ["id"]))
     assert batch.schema.names == ["id"]
-
-
-def test_blocks_grow_with_the_corpus_so_each_stays_small():
-    assert shard_blocks(files=10, total_bytes=1_000_000, cpus=2) == 8  # small: 4 per CPU for balance
-    assert shard_blocks(files=3, total_bytes=1_000_000, cpus=2) == 3  # never more blocks than files
-    two_gb = 2_000_000_000
-    blocks = shard_blocks(files=20_000, total_bytes=two_gb, cpus=2)
-    assert blocks >= two_gb / BLOCK_BYTES and two_gb / blocks <= BLOCK_BYTES
