@@ -18,6 +18,7 @@ import pytest
 from mrlkit import layout, s3, storage
 from mrlkit.config import config_from_dict
 from mrlkit.corpus.chunking import load_tokenizer
+from mrlkit.corpus.line_ranges import line_ranges
 from mrlkit.corpus.pipeline import TooManyRejects, shard_plan
 from mrlkit.corpus.sources import find_inputs
 from mrlkit.errors import MrlkitError, StorageError
@@ -177,6 +178,26 @@ def test_outputs_do_not_depend_on_how_files_are_sharded(mixed, monkeypatch, plan
     assert _outputs(cfg) == first
 
 
+def test_a_large_jsonl_read_in_ranges_of_lines_gives_identical_outputs(mixed, monkeypatch):
+    # A JSON Lines file over BLOCK_BYTES is cut into ranges of lines so one big file shards over every
+    # worker; line numbers (in ids, sources and rejects) must come out as in a whole-file read.
+    from mrlkit.corpus import pipeline
+
+    _, cfg, _, first = mixed
+    cut: dict[str, list] = {}
+
+    def recording_line_ranges(uri, piece_bytes):
+        cut[uri.rsplit("/", 1)[-1]] = ranges = line_ranges(uri, piece_bytes)
+        return ranges
+
+    monkeypatch.setattr(pipeline, "BLOCK_BYTES", 300)  # rows.jsonl (424 bytes, 7 lines) is "large"
+    monkeypatch.setattr(pipeline, "MIN_BLOCK_BYTES", 60)
+    monkeypatch.setattr(pipeline, "line_ranges", recording_line_ranges)
+    run_stage(PrepareStage, cfg)
+    assert len(cut["rows.jsonl"]) >= 4  # really read in several ranges (and some with bad lines in them)
+    assert _outputs(cfg) == first  # rejects.jsonl included: the bad lines keep their numbers
+
+
 def test_pairs_spilled_to_disk_give_identical_outputs(mixed, monkeypatch):
     # The pairs pass keeps a bounded number of rows in memory and spools the rest to disk (memory does
     # not grow with the corpus); where the bound falls must not change a byte of what is published.
@@ -208,8 +229,12 @@ def test_cloze_sentences_found_by_workers_match_the_driver(mixed, monkeypatch):
     assert _outputs(cfg) == first
 
 
-def test_s3_input_and_output_match_local(mixed, s3_root):
+def test_s3_input_and_output_match_local(mixed, s3_root, monkeypatch):
+    from mrlkit.corpus import pipeline
+
     corpus, _, _, local = mixed
+    monkeypatch.setattr(pipeline, "BLOCK_BYTES", 300)  # rows.jsonl is cut into ranges: ranged reads from S3 too
+    monkeypatch.setattr(pipeline, "MIN_BLOCK_BYTES", 60)
     for path in sorted(p for p in corpus.rglob("*") if p.is_file()):
         storage.upload_file(path, storage.join(s3_root, "raw", path.relative_to(corpus).as_posix()))
     cfg = _cfg(s3_root, storage.join(s3_root, "raw"))

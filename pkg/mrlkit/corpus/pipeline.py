@@ -1,9 +1,10 @@
 """The driver of corpus processing: Ray Data over the files, then one global dedupe pass.
 
 Pass 1 (sharded, streaming): Ray Data runs :func:`mrlkit.corpus.shard.process_files`
-over the input files with order preserved; the driver streams the results into a
-local staging parquet file (text) and keeps only per-chunk numbers in memory (exact
-key, MinHash signature, ids), so memory does not grow with the text.
+over the input files (a large JSON Lines file in ranges of lines) with order preserved;
+the driver streams the results into a local staging parquet file (text) and keeps only
+per-chunk numbers in memory (exact key, MinHash signature, ids), so memory does not grow
+with the text.
 Global pass: :class:`~mrlkit.corpus.dedupe.GlobalDeduper` marks duplicates across all
 shards. Pass 2: the kept chunks are rewritten into ``part-*.parquet`` with fixed
 row groups, so the bytes depend only on inputs and config, never on sharding.
@@ -23,9 +24,10 @@ import numpy as np
 
 from mrlkit.config_schema import CorpusConfig
 from mrlkit.corpus.dedupe import NUM_PERM, GlobalDeduper
+from mrlkit.corpus.line_ranges import SPLITTABLE_FORMATS, LineRange, line_ranges
 from mrlkit.corpus.readers import DUPLICATE_ID, Reject
 from mrlkit.corpus.shard import ShardOptions, process_files
-from mrlkit.corpus.sources import Inputs
+from mrlkit.corpus.sources import InputFile, Inputs
 from mrlkit.errors import MrlkitError
 from mrlkit.layout import CHUNK_COLUMNS
 from mrlkit.parquet_batches import iter_row_groups
@@ -172,6 +174,8 @@ def build_chunks(inputs: Inputs, options: ShardOptions, work_dir: Path, num_cpus
                     rejects.append(json.loads(line))
                 for size in table.filter(pa.array(kind == "file")).column("bytes").to_pylist():
                     progress.file_done(size)
+                for size in table.filter(pa.array(kind == "range")).column("bytes").to_pylist():
+                    progress.range_done(size)
                 chunks = table.filter(pa.array(kind == "chunk"))
                 if not chunks.num_rows:
                     continue
@@ -203,14 +207,28 @@ def build_chunks(inputs: Inputs, options: ShardOptions, work_dir: Path, num_cpus
 
 
 def _file_blocks(inputs: Inputs, cpus: int) -> list[Any]:
-    """The input files as Arrow tables (columns ``uri``, ``rel``, ``fmt``), one per block of :func:`shard_plan`."""
+    """Pass 1's input as Arrow tables, one per block of :func:`shard_plan`: a row per file, or per range of
+    a JSON Lines file over ``BLOCK_BYTES`` (columns: see :func:`mrlkit.corpus.shard.process_files`)."""
     import pyarrow as pa
 
+    pieces: list[tuple[InputFile, LineRange | None, bool]] = []  # (file, range or None: whole, last of file)
+    for f in inputs.files:
+        if f.fmt in SPLITTABLE_FORMATS and f.size > BLOCK_BYTES:
+            ranges = line_ranges(f.uri, MIN_BLOCK_BYTES)
+            log.info("prepare: %s (%.0f MB) is read in %d ranges of lines", f.rel, f.size / 1e6, len(ranges))
+            pieces += [(f, r, i == len(ranges) - 1) for i, r in enumerate(ranges)]
+        else:
+            pieces.append((f, None, True))
+    sizes = [r.end - r.start if r else f.size for f, r, _ in pieces]
     blocks, start = [], 0
-    for count in shard_plan([f.size for f in inputs.files], cpus):
-        files = inputs.files[start:start + count]
-        blocks.append(pa.table({"uri": [f.uri for f in files], "rel": [f.rel for f in files],
-                                "fmt": [f.fmt for f in files]}))
+    for count in shard_plan(sizes, cpus):
+        rows = pieces[start:start + count]
+        blocks.append(pa.table({
+            "uri": [f.uri for f, _, _ in rows], "rel": [f.rel for f, _, _ in rows], "fmt": [f.fmt for f, _, _ in rows],
+            "start": pa.array([r.start if r else 0 for _, r, _ in rows], pa.int64()),
+            "end": pa.array([r.end if r else -1 for _, r, _ in rows], pa.int64()),
+            "first_line": pa.array([r.first_line if r else 1 for _, r, _ in rows], pa.int64()),
+            "last": pa.array([last for _, _, last in rows], pa.bool_())}))
         start += count
     return blocks
 
@@ -366,6 +384,10 @@ class _Progress:
 
     def file_done(self, size: int) -> None:
         self.files += 1
+        self.bytes += int(size or 0)
+
+    def range_done(self, size: int) -> None:
+        """A range of a file read in several (:mod:`mrlkit.corpus.line_ranges`): bytes, not yet the file."""
         self.bytes += int(size or 0)
 
     def chunks(self, n: int, rejects: int) -> None:

@@ -72,10 +72,16 @@ class Reject:
 Record = Document | Reject
 
 
-def read_file(fmt: str, rel: str, data: bytes, cfg: CorpusConfig) -> Iterator[Record]:
-    """Every document and reject of one file, in file order. ``fmt`` is a concrete format, not 'auto'."""
+def read_file(fmt: str, rel: str, data: bytes, cfg: CorpusConfig, first_line: int = 1) -> Iterator[Record]:
+    """Every document and reject of one file, in file order. ``fmt`` is a concrete format, not 'auto'.
+
+    ``data`` may be a range of a JSON Lines file cut at line boundaries (:mod:`mrlkit.corpus.line_ranges`);
+    ``first_line`` is then the number of its first line in the whole file.
+    """
     if fmt in ("jsonl", "beir"):
-        yield from _read_jsonl(rel, data, BEIR_COLUMNS if fmt == "beir" else cfg.columns, cfg)
+        yield from _read_jsonl(rel, data, BEIR_COLUMNS if fmt == "beir" else cfg.columns, cfg, first_line)
+    elif first_line != 1:
+        raise ValueError(f"only JSON Lines files are read in ranges, not {fmt!r}")  # a bug if reached
     elif fmt == "csv":
         yield from _read_csv(rel, data, cfg)
     elif fmt == "parquet":
@@ -86,8 +92,8 @@ def read_file(fmt: str, rel: str, data: bytes, cfg: CorpusConfig) -> Iterator[Re
         raise ValueError(f"unknown format {fmt!r}")  # formats are resolved by sources.py; a bug if reached
 
 
-def _read_jsonl(rel: str, data: bytes, columns: ColumnMap, cfg: CorpusConfig) -> Iterator[Record]:
-    for number, raw in enumerate(data.split(b"\n"), start=1):
+def _read_jsonl(rel: str, data: bytes, columns: ColumnMap, cfg: CorpusConfig, first_line: int) -> Iterator[Record]:
+    for number, raw in enumerate(data.split(b"\n"), start=first_line):
         if not raw.strip():
             continue  # blank lines separate nothing in JSONL; they are not records
         try:

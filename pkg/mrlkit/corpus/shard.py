@@ -7,7 +7,8 @@ out come Arrow tables of rows of three kinds, in file order:
   synthetic pairs) the spans of its inverse-cloze query sentences, the costly per-chunk half of the
   pairs pass, done here so it runs on every worker instead of serially in the driver;
 - ``reject``: one rejected record (``reject`` holds the rejects.jsonl line);
-- ``file``: one per file, last, with its byte count (progress and MB/s).
+- ``file``: one per file, last, with its byte count (progress and MB/s); ``range`` instead for each range of
+  a file cut into several but the last (:mod:`mrlkit.corpus.line_ranges`).
 """
 
 from __future__ import annotations
@@ -76,18 +77,23 @@ class _Rows:
 
 
 def process_files(batch: dict[str, Any], options: ShardOptions) -> Iterator[Any]:
-    """Ray Data ``map_batches`` function (generator): input columns ``uri``, ``rel``, ``fmt``."""
+    """Ray Data ``map_batches`` function (generator). Input columns: ``uri``, ``rel``, ``fmt``, and the byte
+    range to read, ``start`` and ``end`` (-1: to the end), its ``first_line`` and whether it is the ``last``
+    range of its file (see :mod:`mrlkit.corpus.line_ranges`; a whole file is one range)."""
     rows = _Rows()
     chunker = _chunker(options)
-    for uri, rel, fmt in zip(batch["uri"], batch["rel"], batch["fmt"], strict=True):
-        data = _read(str(uri))
+    for uri, rel, fmt, start, end, first_line, last in zip(
+            batch["uri"], batch["rel"], batch["fmt"], batch["start"], batch["end"], batch["first_line"],
+            batch["last"], strict=True):
+        data = _read(str(uri), int(start), int(end))
         pending: list[Document] = []
         if isinstance(data, Reject):
-            _add_reject(rows, Reject(str(rel), None, "line", UNREADABLE, data.detail))
+            where = int(first_line) if int(start) else None  # a range of a file: from which line on it is lost
+            _add_reject(rows, Reject(str(rel), where, "line", UNREADABLE, data.detail))
             size = 0
         else:
             size = len(data)
-            for record in read_file(str(fmt), str(rel), data, options.corpus):
+            for record in read_file(str(fmt), str(rel), data, options.corpus, int(first_line)):
                 if isinstance(record, Reject):
                     _flush_docs(rows, pending, chunker, options)
                     _add_reject(rows, record)
@@ -99,20 +105,27 @@ def process_files(batch: dict[str, Any], options: ShardOptions) -> Iterator[Any]
                     yield rows.take()
             del data
         _flush_docs(rows, pending, chunker, options)
-        rows.add(kind="file", source=str(rel), bytes=size)
+        rows.add(kind="file" if last else "range", source=str(rel), bytes=size)  # a file counts once, done
         if len(rows) >= ROWS_PER_TABLE:
             yield rows.take()
     if len(rows):
         yield rows.take()
 
 
-def _read(uri: str) -> bytes | Reject:
+def _read(uri: str, start: int = 0, end: int = -1) -> bytes | Reject:
+    """The file's bytes ``[start, end)`` (``end`` -1: to the end of the file)."""
     from mrlkit import storage
 
     fs, path = storage.pyarrow_filesystem(uri)
     try:
-        with fs.open_input_stream(path) as fh:
-            return fh.read()
+        if start == 0 and end < 0:
+            with fs.open_input_stream(path) as fh:
+                return fh.read()
+        with fs.open_input_file(path) as fh:
+            data = fh.read_at(end - start, start)
+        if len(data) != end - start:
+            raise OSError(f"bytes {start}-{end} asked, {len(data)} read: the file changed while it was read")
+        return data
     except OSError as exc:
         return Reject(uri, None, "line", UNREADABLE, f"cannot read ({str(exc).splitlines()[0]})")
 
