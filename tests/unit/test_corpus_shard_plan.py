@@ -61,3 +61,27 @@ def test_a_file_over_the_block_size_is_never_split_and_closes_its_block():
 
 def test_no_files_no_blocks():
     assert shard_plan([], cpus=2) == []
+
+
+def test_a_large_jsonl_becomes_ranges_and_an_unscannable_one_stays_whole(tmp_path, monkeypatch):
+    from mrlkit.corpus import pipeline
+    from mrlkit.corpus.sources import InputFile, Inputs
+
+    monkeypatch.setattr(pipeline, "BLOCK_BYTES", 100)
+    monkeypatch.setattr(pipeline, "MIN_BLOCK_BYTES", 40)
+    big = tmp_path / "big.jsonl"
+    line = b'{"text": "a short line"}\n'
+    big.write_bytes(line * 20)
+    files = [InputFile(str(big), "big.jsonl", "jsonl", big.stat().st_size),
+             InputFile(str(tmp_path / "gone.jsonl"), "gone.jsonl", "jsonl", 10_000),  # listed, then deleted
+             InputFile(str(tmp_path / "notes.md"), "notes.md", "text", 500)]  # not line-oriented: whole
+    blocks = pipeline._file_blocks(Inputs(files, [], 0, False, str(tmp_path)), cpus=2)
+    rows = [row for block in blocks for row in block.to_pylist()]
+    big_rows = [r for r in rows if r["rel"] == "big.jsonl"]
+    assert len(big_rows) > 5 and [r["last"] for r in big_rows] == [False] * (len(big_rows) - 1) + [True]
+    assert big_rows[0]["start"] == 0 and big_rows[-1]["end"] == big.stat().st_size
+    assert [r["first_line"] for r in big_rows] == [r["start"] // len(line) + 1 for r in big_rows]
+    # the worker reads an unscannable file whole, and its reject names the error
+    for rel in ("gone.jsonl", "notes.md"):
+        [row] = [r for r in rows if r["rel"] == rel]
+        assert (row["start"], row["end"], row["first_line"], row["last"]) == (0, -1, 1, True)

@@ -213,8 +213,8 @@ def _file_blocks(inputs: Inputs, cpus: int) -> list[Any]:
 
     pieces: list[tuple[InputFile, LineRange | None, bool]] = []  # (file, range or None: whole, last of file)
     for f in inputs.files:
-        if f.fmt in SPLITTABLE_FORMATS and f.size > BLOCK_BYTES:
-            ranges = line_ranges(f.uri, MIN_BLOCK_BYTES)
+        ranges = _line_ranges_or_none(f) if f.fmt in SPLITTABLE_FORMATS and f.size > BLOCK_BYTES else None
+        if ranges:
             log.info("prepare: %s (%.0f MB) is read in %d ranges of lines", f.rel, f.size / 1e6, len(ranges))
             pieces += [(f, r, i == len(ranges) - 1) for i, r in enumerate(ranges)]
         else:
@@ -231,6 +231,16 @@ def _file_blocks(inputs: Inputs, cpus: int) -> list[Any]:
             "last": pa.array([last for _, _, last in rows], pa.bool_())}))
         start += count
     return blocks
+
+
+def _line_ranges_or_none(f: InputFile) -> list[LineRange] | None:
+    """:func:`line_ranges` of a large JSON Lines file; None if it cannot be read here: the file is then
+    read whole by a worker, whose reject names the error (as for any unreadable file)."""
+    try:
+        return line_ranges(f.uri, MIN_BLOCK_BYTES)
+    except OSError as exc:
+        log.warning("prepare: cannot scan %s for line ranges (%s); it is read whole", f.rel, str(exc).splitlines()[0])
+        return None
 
 
 def _drop_repeated_documents(chunks: Any, in_duplicate_doc: bool, seen_docs: set[str], counts: Counter[str],
