@@ -1,10 +1,12 @@
-"""What every benchmark records next to its figures: the machine, the versions, the command."""
+"""What every benchmark records next to its figures (the machine, the versions, the command), and how one runs a
+measurement in a fresh child process."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from importlib import metadata
@@ -63,3 +65,14 @@ def write_result(name: str, figures: dict[str, Any], *, command: str | None = No
     out.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
     print(f"wrote {out}")
     return out
+
+
+def run_json_child(cmd: list[str], what: str) -> dict[str, Any]:
+    """Run a measurement in a fresh process (its own Ray, offline, no progress bars) and return the JSON object
+    it prints last; exit with its stderr's tail, naming ``what`` failed, if it fails."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"{what} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])

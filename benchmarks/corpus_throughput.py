@@ -32,7 +32,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -40,6 +39,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import run_json_child
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 FILE_BYTES = 100_000
@@ -207,12 +208,7 @@ def _warm_up(ray, num_cpus: int) -> None:
 def _child(input_dir: str, glob: str, num_cpus: int, root: str, op_reservation: bool) -> dict:
     cmd = [sys.executable, __file__, "--child", input_dir, "--glob", glob, "--num-cpus", str(num_cpus),
            "--root", root, *([] if op_reservation else ["--no-op-reservation"])]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise SystemExit(f"run with {num_cpus} CPUs failed:\n{out.stderr[-3000:]}")
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_json_child(cmd, f"run with {num_cpus} CPUs")
     print(f"  {num_cpus} CPU(s), {glob}: {result['mb']} MB in {result['seconds']}s = {result['mb_per_s']} MB/s, "
           f"peak RSS {result['peak_rss_all_ray_processes_mb']} MB", flush=True)
     return result

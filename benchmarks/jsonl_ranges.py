@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -25,6 +23,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import run_json_child
 
 BAD_LINE_EVERY = 97
 
@@ -89,12 +89,7 @@ def run_once(path: str, num_cpus: int, ranges: bool) -> dict:
 
 def _child(path: str, num_cpus: int, ranges: bool) -> dict:
     cmd = [sys.executable, __file__, "--child", path, "--num-cpus", str(num_cpus), *([] if ranges else ["--whole"])]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise SystemExit(f"run ({'ranges' if ranges else 'whole'}) failed:\n{out.stderr[-3000:]}")
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_json_child(cmd, f"run ({'ranges' if ranges else 'whole'})")
     print(f"  {'ranges' if ranges else 'whole '}: {result['mb']} MB in {result['seconds_read_chunk_dedupe']}s = "
           f"{result['mb_per_s']} MB/s, peak PSS {result['peak_pss_all_ray_processes_mb']} MB", flush=True)
     return result
