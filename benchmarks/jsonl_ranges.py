@@ -50,13 +50,13 @@ def run_once(path: str, num_cpus: int, ranges: bool) -> dict:
     import corpus_throughput
     from mrlkit.config import config_from_dict
     from mrlkit.config_schema import RayConfig
-    from mrlkit.corpus import pipeline
+    from mrlkit.corpus import blocks, pipeline
     from mrlkit.corpus.sources import find_inputs
     from mrlkit.pairs.stage import shard_options
     from mrlkit.ray_runtime import init_ray
 
     if not ranges:
-        pipeline.SPLITTABLE_FORMATS = ()  # what the stage did before: the file is one task
+        blocks.SPLITTABLE_FORMATS = ()  # what the stage did before: the file is one task
     cfg = config_from_dict({
         "name": "bench", "train": {"base_model": corpus_throughput.MODEL}, "pairs": {"source": "synthetic"},
         "corpus": {"input": path, "format": "jsonl", "columns": {"id": "id", "text": "text"},

@@ -17,9 +17,10 @@ import pytest
 
 from mrlkit import layout, s3, storage
 from mrlkit.config import config_from_dict
+from mrlkit.corpus.blocks import shard_plan
 from mrlkit.corpus.chunking import load_tokenizer
 from mrlkit.corpus.line_ranges import line_ranges
-from mrlkit.corpus.pipeline import TooManyRejects, shard_plan
+from mrlkit.corpus.pipeline import TooManyRejects
 from mrlkit.corpus.sources import find_inputs
 from mrlkit.errors import MrlkitError, StorageError
 from mrlkit.pairs.stage import PrepareStage
@@ -167,12 +168,12 @@ def test_rerun_gives_identical_outputs(mixed):
 @pytest.mark.parametrize("plan", ["one file a block", "one block"])
 def test_outputs_do_not_depend_on_how_files_are_sharded(mixed, monkeypatch, plan):
     # Pass 1's blocks follow the CPU count and the file sizes; not a byte of what is published may.
-    from mrlkit.corpus import pipeline
+    from mrlkit.corpus import blocks, pipeline
 
     _, cfg, _, first = mixed
     # small data pages: where a page ends must follow the rows, not the tables pass 1 happened to send
     monkeypatch.setattr(pipeline, "DATA_PAGE_BYTES", 512)
-    monkeypatch.setattr(pipeline, "shard_plan",
+    monkeypatch.setattr(blocks, "shard_plan",
                         lambda sizes, cpus: [1] * len(sizes) if plan == "one file a block" else [len(sizes)])
     run_stage(PrepareStage, cfg)
     assert _outputs(cfg) == first
@@ -181,7 +182,7 @@ def test_outputs_do_not_depend_on_how_files_are_sharded(mixed, monkeypatch, plan
 def test_a_large_jsonl_read_in_ranges_of_lines_gives_identical_outputs(mixed, monkeypatch):
     # A JSON Lines file over BLOCK_BYTES is cut into ranges of lines so one big file shards over every
     # worker; line numbers (in ids, sources and rejects) must come out as in a whole-file read.
-    from mrlkit.corpus import pipeline
+    from mrlkit.corpus import blocks
 
     _, cfg, _, first = mixed
     cut: dict[str, list] = {}
@@ -190,9 +191,9 @@ def test_a_large_jsonl_read_in_ranges_of_lines_gives_identical_outputs(mixed, mo
         cut[uri.rsplit("/", 1)[-1]] = ranges = line_ranges(uri, piece_bytes)
         return ranges
 
-    monkeypatch.setattr(pipeline, "BLOCK_BYTES", 300)  # rows.jsonl (424 bytes, 7 lines) is "large"
-    monkeypatch.setattr(pipeline, "MIN_BLOCK_BYTES", 60)
-    monkeypatch.setattr(pipeline, "line_ranges", recording_line_ranges)
+    monkeypatch.setattr(blocks, "BLOCK_BYTES", 300)  # rows.jsonl (424 bytes, 7 lines) is "large"
+    monkeypatch.setattr(blocks, "MIN_BLOCK_BYTES", 60)
+    monkeypatch.setattr(blocks, "line_ranges", recording_line_ranges)
     run_stage(PrepareStage, cfg)
     assert len(cut["rows.jsonl"]) >= 4  # really read in several ranges (and some with bad lines in them)
     assert _outputs(cfg) == first  # rejects.jsonl included: the bad lines keep their numbers
@@ -230,11 +231,11 @@ def test_cloze_sentences_found_by_workers_match_the_driver(mixed, monkeypatch):
 
 
 def test_s3_input_and_output_match_local(mixed, s3_root, monkeypatch):
-    from mrlkit.corpus import pipeline
+    from mrlkit.corpus import blocks
 
     corpus, _, _, local = mixed
-    monkeypatch.setattr(pipeline, "BLOCK_BYTES", 300)  # rows.jsonl is cut into ranges: ranged reads from S3 too
-    monkeypatch.setattr(pipeline, "MIN_BLOCK_BYTES", 60)
+    monkeypatch.setattr(blocks, "BLOCK_BYTES", 300)  # rows.jsonl is cut into ranges: ranged reads from S3 too
+    monkeypatch.setattr(blocks, "MIN_BLOCK_BYTES", 60)
     for path in sorted(p for p in corpus.rglob("*") if p.is_file()):
         storage.upload_file(path, storage.join(s3_root, "raw", path.relative_to(corpus).as_posix()))
     cfg = _cfg(s3_root, storage.join(s3_root, "raw"))

@@ -1,4 +1,4 @@
-"""How pass 1 splits the input files into Ray Data blocks (:func:`mrlkit.corpus.pipeline.shard_plan`)."""
+"""How pass 1 splits the input files into Ray Data blocks (:mod:`mrlkit.corpus.blocks`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from mrlkit.corpus.pipeline import BLOCK_BYTES, MIN_BLOCK_BYTES, shard_plan
+from mrlkit.corpus.blocks import BLOCK_BYTES, MIN_BLOCK_BYTES, shard_plan
 
 MB = 1_000_000
 
@@ -64,19 +64,19 @@ def test_no_files_no_blocks():
 
 
 def test_a_large_jsonl_becomes_ranges_and_an_unscannable_one_stays_whole(tmp_path, monkeypatch):
-    from mrlkit.corpus import pipeline
+    from mrlkit.corpus import blocks as block_planning
     from mrlkit.corpus.sources import InputFile, Inputs
 
-    monkeypatch.setattr(pipeline, "BLOCK_BYTES", 100)
-    monkeypatch.setattr(pipeline, "MIN_BLOCK_BYTES", 40)
+    monkeypatch.setattr(block_planning, "BLOCK_BYTES", 100)
+    monkeypatch.setattr(block_planning, "MIN_BLOCK_BYTES", 40)
     big = tmp_path / "big.jsonl"
     line = b'{"text": "a short line"}\n'
     big.write_bytes(line * 20)
     files = [InputFile(str(big), "big.jsonl", "jsonl", big.stat().st_size),
              InputFile(str(tmp_path / "gone.jsonl"), "gone.jsonl", "jsonl", 10_000),  # listed, then deleted
              InputFile(str(tmp_path / "notes.md"), "notes.md", "text", 500)]  # not line-oriented: whole
-    blocks = pipeline._file_blocks(Inputs(files, [], 0, False, str(tmp_path)), cpus=2)
-    rows = [row for block in blocks for row in block.to_pylist()]
+    tables = block_planning.file_blocks(Inputs(files, [], 0, False, str(tmp_path)), cpus=2)
+    rows = [row for table in tables for row in table.to_pylist()]
     big_rows = [r for r in rows if r["rel"] == "big.jsonl"]
     assert len(big_rows) > 5 and [r["last"] for r in big_rows] == [False] * (len(big_rows) - 1) + [True]
     assert big_rows[0]["start"] == 0 and big_rows[-1]["end"] == big.stat().st_size
