@@ -79,3 +79,32 @@ def test_worker_loop_with_length_bucketing_and_compiled_blocks(tmp_path, tiny_mo
         summary = train_loop({"config": config_to_dict(cfg), "output_dir": str(tmp_path / "out")})
     assert summary["step"] == 3 and summary["train_loss"] > 0
     assert "compiles 2 transformer blocks" in caplog.text
+
+
+def test_each_worker_resumes_from_its_own_copy_of_the_checkpoint(tmp_path):
+    """A second worker's download must not rewrite the files the first is reading (Ray's shared
+    ``as_directory`` folder does, when the second takes the lock after the first finished)."""
+    import pytest
+    from ray.train import Checkpoint
+
+    from mrlkit.train.callbacks import HF_CHECKPOINT_DIR
+    from mrlkit.train.worker import download_checkpoint
+
+    source = tmp_path / "stored"
+    (source / HF_CHECKPOINT_DIR).mkdir(parents=True)
+    (source / HF_CHECKPOINT_DIR / "model.safetensors").write_bytes(b"w" * 4096)
+    checkpoint = Checkpoint.from_directory(str(source))
+
+    first = download_checkpoint(checkpoint, tmp_path / "rank0" / "resume-from")
+    weights = first / "model.safetensors"
+    before = weights.stat()
+    second = download_checkpoint(checkpoint, tmp_path / "rank1" / "resume-from")
+
+    assert second != first and (second / "model.safetensors").read_bytes() == b"w" * 4096
+    after = weights.stat()
+    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (before.st_ino, before.st_mtime_ns, 4096)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(RuntimeError, match="has no checkpoint/ folder"):
+        download_checkpoint(Checkpoint.from_directory(str(empty)), tmp_path / "rank2" / "resume-from")

@@ -172,6 +172,25 @@ def _finished_step(trainer: Any, checkpoint_dir: str) -> int | None:
     return step if step >= last else None
 
 
+RESUME_DIR = "resume-from"  # in the worker's own output folder: its private copy of the checkpoint
+
+
+def download_checkpoint(checkpoint: Any, into: Path) -> Path:
+    """This worker's own copy of a Ray checkpoint; returns its Hugging Face checkpoint folder.
+
+    Why not ``checkpoint.as_directory()``: it shares one download folder among the workers of a
+    node, and a worker that takes the download lock after another worker's download finished
+    downloads again into that folder while the other is reading it (ray-project/ray#48726, open).
+    CI saw exactly that once: a replacement worker failed with safetensors' "header too small" on
+    a half-rewritten ``model.safetensors``. A private folder per worker costs one download per worker.
+    """
+    local = Path(checkpoint.to_directory(str(into)))
+    hf_checkpoint = local / cb.HF_CHECKPOINT_DIR
+    if not hf_checkpoint.is_dir():
+        raise RuntimeError(f"Ray checkpoint {checkpoint.path} has no {cb.HF_CHECKPOINT_DIR}/ folder")
+    return hf_checkpoint
+
+
 def _log_to_stderr() -> None:
     """Ray worker processes start with no handler for ``mrlkit`` loggers; progress lines must still show."""
     logger = logging.getLogger("mrlkit")
@@ -248,17 +267,15 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
 
     resume = loop_config.get("resume_from")
     started = time.perf_counter()
-    if ray_checkpoint is not None:
-        with ray_checkpoint.as_directory() as ckpt_dir:
-            resume = str(Path(ckpt_dir) / cb.HF_CHECKPOINT_DIR)
-            if not Path(resume).is_dir():
-                raise RuntimeError(f"Ray checkpoint {ray_checkpoint.path} has no {cb.HF_CHECKPOINT_DIR}/ folder")
+    downloaded = output_dir / RESUME_DIR
+    try:
+        if ray_checkpoint is not None:
+            resume = str(download_checkpoint(ray_checkpoint, downloaded))
             log.info("train: worker %d resumes from %s", rank, ray_checkpoint.path)
-            done = _finished_step(trainer, resume)
-            result = None if done is not None else trainer.train(resume_from_checkpoint=resume)
-    else:
         done = _finished_step(trainer, resume) if resume else None
         result = None if done is not None else trainer.train(resume_from_checkpoint=resume)
+    finally:
+        shutil.rmtree(downloaded, ignore_errors=True)
     seconds = time.perf_counter() - started
     if result is None:  # the checkpoint already holds the whole run: nothing to train, nothing new to report
         log.info("train: worker %d: the checkpoint is at the last step (%d); nothing left to train", rank, done)
