@@ -7,6 +7,9 @@ Same model (random init, ``--model-shape``), same pairs and batch as ``train_thr
 2. ``trainer``: the seed configuration through ``SentenceTransformerTrainer``, with ``torch.profiler``
    over steps 10-29: the top operators by CPU and by GPU time, and the GPU-busy share of the wall time.
 
+Both run with PyTorch's cuDNN attention off, as mrlkit trains (``--cudnn-attention`` keeps PyTorch's
+default): with it on, its per-shape graph building hides everything else (``train_gpu_h100.json``).
+
 Run on a GPU machine::
 
     python benchmarks/train_step_profile.py --model-shape bge-base --lengths financial --tokenizer .devbench/tok
@@ -65,20 +68,9 @@ def bare_steps(model_dir: str, anchors: list[str], positives: list[str], batch: 
 
 def profiled_trainer(cfg, out_dir: Path, steps: int) -> dict:
     import torch
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
     from torch.profiler import ProfilerActivity, profile, schedule
     from transformers import TrainerCallback
 
-    from mrlkit import layout
-    from mrlkit.train.data import load_train_dataset
-    from mrlkit.train.loss import build_loss
-    from mrlkit.train.worker import training_arguments
-
-    model = SentenceTransformer(cfg.train.base_model, device="cpu")
-    model.max_seq_length = cfg.train.max_seq_length
-    dataset = load_train_dataset(layout.pairs_uri(cfg))
-    args = training_arguments(cfg.train, str(out_dir), world_size=1)
-    args.max_steps = steps
     prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
                    schedule=schedule(wait=5, warmup=5, active=20, repeat=1))
     step_ends: list[float] = []
@@ -89,8 +81,7 @@ def profiled_trainer(cfg, out_dir: Path, steps: int) -> dict:
             step_ends.append(time.perf_counter())
             prof.step()
 
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
-                                         loss=build_loss(model, cfg.train, distributed=False), callbacks=[Step()])
+    trainer = tt.seed_trainer(cfg, out_dir, max_steps=steps, callbacks=[Step()])
     with prof:
         trainer.train()
     gaps = [b - a for a, b in itertools.pairwise(step_ends)][5:]
@@ -115,13 +106,17 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--tokenizer", default="sentence-transformers/all-MiniLM-L6-v2")
+    parser.add_argument("--cudnn-attention", action="store_true",
+                        help="keep PyTorch's cuDNN attention on (its default on Hopper; mrlkit turns it off)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_step_profile.json"))
     args = parser.parse_args()
     import torch
 
-    from mrlkit.models import init_random_model
+    from mrlkit.models import avoid_cudnn_attention, init_random_model
 
     torch.set_num_threads(args.threads)
+    if not args.cudnn_attention:
+        avoid_cudnn_attention()
     print(f"cpus {os.cpu_count()} affinity {len(os.sched_getaffinity(0))} threads {torch.get_num_threads()} "
           f"loadavg {os.getloadavg()}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="mrlkit-prof-"))
@@ -138,7 +133,8 @@ def main() -> int:
     trainer = profiled_trainer(cfg, work / "trainer", args.steps)
     print("trainer:", trainer, flush=True)
     write_result("train_step_profile", {
-        "model_shape": args.model_shape, "lengths": args.lengths, "seq_len": args.seq_len,
+        "model_shape": args.model_shape, "lengths": args.lengths, "cudnn_attention": args.cudnn_attention,
+        "seq_len": args.seq_len,
         "batch_size": args.batch_size, "bare": bare, "trainer": trainer,
         "trainer_vs_bare_pairs_per_s": round(args.batch_size * 1e3 / trainer["ms_per_step_median"]
                                              / bare["pairs_per_s"], 3)}, path=Path(args.out))

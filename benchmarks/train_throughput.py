@@ -11,7 +11,8 @@ Same synthetic pairs, batch size, sequence length and model in every mode, one p
   end-to-end wall time (worker start-up included) is reported next to it.
 - ``worker``: mrlkit's per-worker loop without Ray (what a single-GPU machine runs). Suffixes switch its
   speed levers on: ``worker+bucket`` (``train.length_bucketing``), ``worker+compile`` (``train.compile``),
-  ``worker+bucket+compile``.
+  ``worker+merge`` (``train.merge_columns``), or its fused loss off: ``worker+unfused``; combine them as
+  ``worker+bucket+merge``.
 
 Texts: ``--lengths short`` (~20-token questions, ~60-token contexts), ``financial`` (token lengths drawn
 from the seed dataset's measured distribution, long tail included) or ``full`` (every text ``--seq-len``
@@ -32,6 +33,7 @@ Writes ``benchmarks/results/train_throughput.json`` (or ``--out``) with the mach
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -134,8 +136,8 @@ def pipeline_config(args: argparse.Namespace, root: Path, model_dir: str, run: s
     return load_config(None, overrides)
 
 
-def run_plain(cfg: Any, out_dir: Path) -> dict[str, float]:
-    """The seed's path: sentence-transformers alone, one process."""
+def seed_trainer(cfg: Any, out_dir: Path, *, max_steps: int | None = None, callbacks: list[Any] | None = None) -> Any:
+    """The seed's trainer: sentence-transformers alone, one process, the library's per-dim MatryoshkaLoss."""
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 
     from mrlkit import layout
@@ -147,8 +149,16 @@ def run_plain(cfg: Any, out_dir: Path) -> dict[str, float]:
     model.max_seq_length = cfg.train.max_seq_length
     dataset = load_train_dataset(layout.pairs_uri(cfg))
     args = training_arguments(cfg.train, str(out_dir), world_size=1)  # saves every epoch, as the seed did
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
-                                         loss=build_loss(model, cfg.train, distributed=False))
+    if max_steps is not None:
+        args.max_steps = max_steps
+    seed_loss = dataclasses.replace(cfg.train, fused_loss=False, merge_columns=False)
+    return SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, callbacks=callbacks,
+                                      loss=build_loss(model, seed_loss, distributed=False))
+
+
+def run_plain(cfg: Any, out_dir: Path) -> dict[str, float]:
+    """The seed's path: sentence-transformers alone, one process."""
+    trainer = seed_trainer(cfg, out_dir)
     started = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - started
@@ -156,7 +166,8 @@ def run_plain(cfg: Any, out_dir: Path) -> dict[str, float]:
     return {"pairs_per_s": pairs / seconds, "train_seconds": seconds, "steps": result.global_step}
 
 
-LEVERS = {"bucket": "train.length_bucketing=true", "compile": "train.compile=true"}
+LEVERS = {"bucket": "train.length_bucketing=true", "compile": "train.compile=true",
+          "merge": "train.merge_columns=true", "unfused": "train.fused_loss=false"}
 
 
 def worker_overrides(mode: str) -> list[str]:
@@ -249,8 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=2, help="alternating rounds; the median is reported")
     parser.add_argument("--modes", default="plain,ray",
-                        help="comma list of plain, plain+nocudnn, ray, worker, worker+bucket, worker+compile, "
-                             "worker+bucket+compile")
+                        help="comma list of plain, plain+nocudnn, ray, worker, or worker+LEVER[+LEVER] with "
+                             f"LEVER one of {', '.join(LEVERS)}")
     parser.add_argument("--lengths", choices=["short", "financial", "full"], default="short",
                         help="text lengths: short, the seed dataset's token lengths, or every text --seq-len long")
     parser.add_argument("--tokenizer", default="sentence-transformers/all-MiniLM-L6-v2",
@@ -280,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         if mode.startswith("worker"):
             worker_overrides(mode)  # refuse an unknown mode before minutes of work
         elif mode not in ("plain", "plain+nocudnn", "ray"):
-            parser.error(f"unknown mode {mode!r}; use plain, ray, worker[+bucket][+compile]")
+            parser.error(f"unknown mode {mode!r}; use plain, plain+nocudnn, ray, worker[+LEVER...]")
     model_dir = str(init_random_model(work / "model", hidden_size=hidden, num_layers=layers, num_heads=heads,
                                       max_seq_length=args.seq_len, tokenizer_from=args.tokenizer))
     pairs_uri = make_pairs(work, args.pairs, args.lengths, args.seq_len)

@@ -237,6 +237,8 @@ class TrainConfig:
     matryoshka_dims: tuple[int, ...] = (384, 256, 128, 64, 32)
     matryoshka_weights: tuple[float, ...] | None = None
     loss: Literal["mnrl", "cached_mnrl"] = "mnrl"
+    fused_loss: bool = True
+    merge_columns: bool = False
     mini_batch_size: int = 32
     gather_across_devices: bool = True
     epochs: float = 4.0
@@ -282,6 +284,9 @@ class TrainConfig:
                 raise Problem("matryoshka_weights", "weights must be >= 0 with at least one > 0")
         _positive("batch_size", self.batch_size)
         _positive("mini_batch_size", self.mini_batch_size)
+        if self.merge_columns and not (self.loss == "mnrl" and self.fused_loss):
+            raise Problem("merge_columns", "needs loss 'mnrl' with fused_loss true (the fused loss embeds the "
+                          f"columns), got loss {self.loss!r}, fused_loss {str(self.fused_loss).lower()}")
         if self.loss == "cached_mnrl" and self.mini_batch_size > self.batch_size:
             raise Problem("mini_batch_size", f"must not exceed batch_size ({self.batch_size}) for loss 'cached_mnrl'")
         if self.epochs <= 0:

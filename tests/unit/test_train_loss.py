@@ -23,7 +23,7 @@ def model(tiny_model):
 def test_default_loss_is_matryoshka_over_mnrl_with_configured_dims_and_weights(model):
     loss = build_loss(model, TrainConfig(matryoshka_dims=(32, 16, 8), matryoshka_weights=(1.0, 0.5, 0.25)),
                       distributed=False)
-    assert type(loss).__name__ == "MatryoshkaLoss"
+    assert type(loss).__name__ == "FusedMatryoshkaLoss"  # MatryoshkaLoss's function, all dims in one pass
     assert list(loss.matryoshka_dims) == [32, 16, 8] and list(loss.matryoshka_weights) == [1.0, 0.5, 0.25]
     assert type(loss.loss).__name__ == "MultipleNegativesRankingLoss"
     assert loss.loss.gather_across_devices is False  # one process: nothing to gather

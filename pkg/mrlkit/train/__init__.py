@@ -1,6 +1,7 @@
 """Stage ``train``: MRL fine-tuning of a sentence-transformers model on Ray Train.
 
 - :mod:`mrlkit.train.loss`: MatryoshkaLoss over (Cached)MultipleNegativesRankingLoss.
+- :mod:`mrlkit.train.fused_loss`: the same MatryoshkaLoss(MNRL), every dim in one batched pass.
 - :mod:`mrlkit.train.data`: the pairs and held-out set, read from the storage layout.
 - :mod:`mrlkit.train.callbacks`: progress (loss, pairs/s, ETA), Ray reporting with retried uploads.
 - :mod:`mrlkit.train.worker`: the per-worker loop; runs with or without Ray.

@@ -10,6 +10,10 @@ negatives are used:
 - ``cached_mnrl``: ``CachedMultipleNegativesRankingLoss`` (GradCache), for batches
   larger than fit in memory at once; ``mini_batch_size`` bounds the memory.
 
+With ``mnrl`` and ``fused_loss`` (the default), :class:`~mrlkit.train.fused_loss.FusedMatryoshkaLoss`
+computes the same loss for every dim in one batched pass instead of one inner-loss call per dim
+(fewer kernel launches; ``merge_columns`` also embeds all columns in one encoder pass).
+
 With ``gather_across_devices`` the embeddings of all workers are gathered before
 the similarity matrix is built, so N workers see N x batch in-batch negatives.
 
@@ -50,7 +54,7 @@ def build_loss(model: Any, train: TrainConfig, *, distributed: bool | None = Non
     Args:
         model: the ``SentenceTransformer`` being trained.
         train: the ``train`` config section (``loss``, ``matryoshka_dims``, ``matryoshka_weights``,
-            ``mini_batch_size``, ``gather_across_devices``).
+            ``mini_batch_size``, ``gather_across_devices``, ``fused_loss``, ``merge_columns``).
         distributed: whether several processes train together; gathering across devices is
             only switched on then (None: ask ``torch.distributed``).
     """
@@ -74,4 +78,9 @@ def build_loss(model: Any, train: TrainConfig, *, distributed: bool | None = Non
     else:  # the config schema already refuses other values; this guards direct callers
         raise ConfigError(f"train.loss: {train.loss!r} is not a loss; choose one of 'mnrl', 'cached_mnrl'")
     weights = list(train.matryoshka_weights) if train.matryoshka_weights is not None else None
+    if train.loss == "mnrl" and train.fused_loss:
+        from mrlkit.train.fused_loss import FusedMatryoshkaLoss
+
+        return FusedMatryoshkaLoss(model, inner, list(train.matryoshka_dims), weights,
+                                   merge_columns=train.merge_columns)
     return MatryoshkaLoss(model, inner, matryoshka_dims=list(train.matryoshka_dims), matryoshka_weights=weights)
