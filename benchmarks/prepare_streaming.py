@@ -5,10 +5,11 @@ ray_jobs/configs/demo.yaml's corpus and pairs sections, and runs the real CLI
 (``python -m mrlkit.cli prepare --config FILE``) as a subprocess inside a memory cgroup capped at
 ``--cap-mb`` (benchmarks/memory_cap.py), so the CLI, its local Ray and every worker share the cap.
 A baseline run of the same CLI on a tiny corpus in the same cap says what Ray and the stage cost
-with ~no data. While each runs, the PSS of its process tree and the cgroup's charge are sampled
-every second. Afterwards the published corpus and pairs are checked: every input file, document,
-chunk and row accounted for (``lost`` must be 0), every manifest file present with its sha256 and
-readable. ``streams``: completed and the corpus is larger than the whole cap.
+with ~no data. While each runs, the PSS of its process tree, the cgroup's charge and the disk it has
+written (``peak_disk_mb``: the corpus plus the stage's work folder and outputs) are sampled every
+second. Afterwards the published corpus and pairs are checked: every input file, document, chunk and
+row accounted for (``lost`` must be 0), every manifest file present with its sha256 and readable.
+``streams``: completed and the corpus is larger than the whole cap.
 
     .venv/bin/python benchmarks/prepare_streaming.py                        # 2 GB under 1800 MB (~9 minutes)
     .venv/bin/python benchmarks/prepare_streaming.py --mb 60 --cap-mb 1700 --name prepare_streaming_small
@@ -46,6 +47,11 @@ BASELINE_MB = 2.0
 SAMPLE_S = 1.0
 MAX_TIMELINE = 200  # samples kept in the result (evenly thinned): memory over time shows flat vs growing
 MB = 1e6
+# Peak disk of the run per MB of corpus, the corpus itself included. Measured with du each second on a 903 MB corpus
+# (session 10): 4,946 MB, 5.5x, while the corpus parts are written beside the input (910 MB), the chunk staging file
+# (1,153) and the spooled pairs (2,228). Before prepare drained its spools into the pairs parts and published by
+# rename instead of copying, 6,493 MB (7.2x). The margin covers Ray's spilled objects.
+DISK_PER_CORPUS_MB = 6.0
 # Ray sizes its object store at 30% of the memory limit it reads from /sys/fs/cgroup/memory/memory.limit_in_bytes
 # (or memory.max): the *root* group's file, not the child group we create, so inside our cap it would size for
 # the whole machine. Capping it at 30% of our cap gives the object store Ray would choose in a container that size.
@@ -79,14 +85,37 @@ def cli_env(cap_mb: float | None) -> dict[str, str]:
     return env
 
 
-class Sampler(threading.Thread):
-    """Every ``SAMPLE_S``: the PSS sum of the CLI's process tree (and the group's members), the group's charge."""
+def stage_work_dirs(since: float) -> list[Path]:
+    """prepare's work folders (``mrlkit-prepare-*`` in the system temp folder) made at or after ``since``."""
+    found = []
+    for path in Path(tempfile.gettempdir()).glob("mrlkit-prepare-*"):
+        with contextlib.suppress(OSError):  # one that ended between listing and reading
+            if path.stat().st_mtime >= since - 1:
+                found.append(path)
+    return found
 
-    def __init__(self, pid: int, cap: MemoryCap | None):
+
+def disk_used(paths: list[Path]) -> int:
+    """Bytes in files under ``paths``; files that vanish while walking are skipped."""
+    total = 0
+    for root in paths:
+        for folder, _, names in os.walk(root):
+            for name in names:
+                with contextlib.suppress(OSError):
+                    total += os.lstat(os.path.join(folder, name)).st_size
+    return total
+
+
+class Sampler(threading.Thread):
+    """Every ``SAMPLE_S``: the PSS sum of the CLI's process tree (and the group's members), the group's charge,
+    and the disk the run has written so far (its output root and the stage's work folder)."""
+
+    def __init__(self, pid: int, cap: MemoryCap | None, output_root: Path):
         super().__init__(daemon=True)
-        self.pid, self.cap = pid, cap
+        self.pid, self.cap, self.output_root = pid, cap, output_root
+        self.since = time.time()
         self.stop = threading.Event()
-        self.peaks = {"pss_mb": 0.0, "cgroup_resident_mb": 0.0, "driver_uss_mb": 0.0}
+        self.peaks = {"pss_mb": 0.0, "cgroup_resident_mb": 0.0, "driver_uss_mb": 0.0, "disk_written_mb": 0.0}
         self.timeline: list[list[float]] = []  # [seconds, pss MB, cgroup resident MB]
         self.at_peak: dict[str, float] = {}  # PSS MB by process name when the PSS sum peaked: what grew
         self.started = time.monotonic()
@@ -135,6 +164,8 @@ class Sampler(threading.Thread):
             if usage:
                 resident = usage["resident_bytes"] / MB
                 self.peaks["cgroup_resident_mb"] = max(self.peaks["cgroup_resident_mb"], resident)
+        written = disk_used([self.output_root, *stage_work_dirs(self.since)]) / MB
+        self.peaks["disk_written_mb"] = max(self.peaks["disk_written_mb"], written)
         if pss / MB > self.peaks["pss_mb"]:
             self.peaks["pss_mb"] = pss / MB
             self.at_peak = {f"{k} x{count[k]}": round(v, 1) for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])}
@@ -161,7 +192,7 @@ def parse_summary(stdout: str) -> dict[str, Any] | None:
         return None
 
 
-def run_cli(config: Path, cap_mb: float | None, use_cgroup: bool, log_dir: Path) -> dict[str, Any]:
+def run_cli(config: Path, cap_mb: float | None, use_cgroup: bool, log_dir: Path, output_root: Path) -> dict[str, Any]:
     """``mrlkit prepare --config FILE`` in a subprocess, inside a fresh memory group when ``use_cgroup``."""
     cmd = [str(PYTHON), "-m", "mrlkit.cli", "prepare", "--config", str(config)]
     out_file = log_dir / "cli-stdout.txt"
@@ -172,7 +203,7 @@ def run_cli(config: Path, cap_mb: float | None, use_cgroup: bool, log_dir: Path)
         # stdout (the summary) goes to a file; stderr (the CLI's and Ray's logs) passes through
         proc = subprocess.Popen(cmd, cwd=REPO, env=cli_env(cap_mb), stdout=out,
                                 preexec_fn=cap.preexec if cap else None)
-        sampler = Sampler(proc.pid, cap)
+        sampler = Sampler(proc.pid, cap, output_root)
         sampler.start()
         rc = proc.wait()
         seconds = time.monotonic() - started
@@ -258,7 +289,7 @@ def measure_prepare(mb: float, cap_mb: float | None, work_dir: Path, label: str)
     write_config(config, corpus_dir, root)
     cap_text = f"a {cap_mb:.0f} MB cap" if cap_mb is not None and use_cgroup else "no cap (measured only)"
     say(f"{label}: running mrlkit prepare in {cap_text} ({reason})")
-    run = run_cli(config, cap_mb, use_cgroup, work)
+    run = run_cli(config, cap_mb, use_cgroup, work, root)
     usage = run["usage"]
     figures: dict[str, Any] = {
         "corpus_mb": round(size / MB, 1), "cap_mb": cap_mb, "cgroup_used": use_cgroup, "cgroup_reason": reason,
@@ -267,6 +298,8 @@ def measure_prepare(mb: float, cap_mb: float | None, work_dir: Path, label: str)
         "mb_per_s_chunking_by_cli": (run["summary"] or {}).get("mb_per_s_chunking"),
         "peak_pss_mb": round(run["peaks"]["pss_mb"], 1), "peak_pss_by_process_mb": run["at_peak"],
         "peak_driver_uss_mb": round(run["peaks"]["driver_uss_mb"], 1),
+        # the corpus plus the most the run had written at once (work folder and outputs), sampled each second
+        "peak_disk_mb": round(size / MB + run["peaks"]["disk_written_mb"], 1),
         "peak_cgroup_resident_mb": round(run["peaks"]["cgroup_resident_mb"], 1) if use_cgroup else None,
         "peak_cgroup_usage_mb": round(usage["peak_bytes"] / MB, 1) if usage.get("peak_bytes") else None,
         "failcnt": usage.get("failcnt"), "oom_kills": usage.get("oom_kills"),
@@ -282,6 +315,18 @@ def measure_prepare(mb: float, cap_mb: float | None, work_dir: Path, label: str)
         f"peak cgroup usage (page cache included) {figures['peak_cgroup_usage_mb']} MB, "
         f"OOM kills {figures['oom_kills']}, lost {figures['lost']}")
     return figures
+
+
+def disk_need_mb(corpus_mb: float) -> float:
+    """Free disk a run on ``corpus_mb`` MB needs, where the corpus and prepare's work folder are written."""
+    return DISK_PER_CORPUS_MB * corpus_mb
+
+
+def free_disk_mb(*folders: Path) -> float:
+    """The least free space among the filesystems of ``folders`` (the test's folder, the system temp folder)."""
+    import shutil
+
+    return min(shutil.disk_usage(folder).free for folder in folders) / MB
 
 
 def baseline_need_mb(baseline: dict[str, Any]) -> float:

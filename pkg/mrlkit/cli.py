@@ -7,7 +7,7 @@ Examples::
     mrlkit train --config ray_jobs/configs/demo.yaml train.num_workers=2
 
 Problems a user can fix (bad config, unreachable storage, missing input) print
-one line starting with ``mrlkit: error:`` and exit with status 2.
+one line starting with ``mrlkit: error:`` and exit with status 2; so does a full disk.
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import shutil
 import sys
+import tempfile
 from typing import Any
 
 from mrlkit import __version__
 from mrlkit.config import config_to_dict, load_config
-from mrlkit.errors import MrlkitError
+from mrlkit.errors import MrlkitError, disk_full_error
 
 # stage name -> (module, class, one-line help). Modules load only when their stage runs.
 STAGES: dict[str, tuple[str, str, str]] = {
@@ -77,6 +79,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mrlkit: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        full = disk_full_error(exc)
+        if full is None:
+            raise  # a bug: keep the traceback
+        print(f"mrlkit: error: {disk_full_message(full)}", file=sys.stderr)
+        return 2
+
+
+def disk_full_message(full: OSError) -> str:
+    """One line: what filled, and how much room the scratch folder has now."""
+    scratch = tempfile.gettempdir()
+    where = f" writing {full.filename}" if full.filename else ""
+    return (f"No space left on device{where}. Scratch files go under {scratch} (TMPDIR; "
+            f"{shutil.disk_usage(scratch).free / 1e9:.1f} GB free now), outputs under storage.root: "
+            "free some space or point TMPDIR at a larger disk")
 
 
 if __name__ == "__main__":

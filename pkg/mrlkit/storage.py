@@ -13,6 +13,7 @@ reader never takes a half-written output for a finished one.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -283,11 +284,16 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def publish_dir(local_dir: str | Path, uri: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def publish_dir(local_dir: str | Path, uri: str, extra: dict[str, Any] | None = None, *,
+                consume: bool = False) -> dict[str, Any]:
     """Publish a local folder at ``uri`` so readers see all of it or none of it.
 
     Returns the marker written last (``files``: relative path -> size and sha256).
     Re-publishing replaces the previous output; stale files are removed.
+    ``consume``: the caller is done with ``local_dir``. A local ``uri`` on the same filesystem then
+    takes the folder by rename instead of a copy, so publishing needs no second copy's disk space
+    (prepare's outputs are twice its corpus); across filesystems it is copied, then removed. If
+    publishing fails, ``local_dir`` is left as it was. S3 uploads are unchanged.
     """
     src = Path(local_dir)
     files = sorted(p for p in src.rglob("*") if p.is_file())
@@ -300,7 +306,7 @@ def publish_dir(local_dir: str | Path, uri: str, extra: dict[str, Any] | None = 
         raise StorageError(f"{local_dir}: {MARKER} is reserved for the publish marker")
     loc = parse_uri(uri)
     if loc.scheme == "file":
-        _publish_local(src, Path(loc.path), marker, uri)
+        _publish_local(src, Path(loc.path), marker, uri, consume=consume)
     else:
         delete(join(uri, MARKER))  # unpublish first: from here on readers see "not ready"
         for rel in marker["files"]:
@@ -312,23 +318,43 @@ def publish_dir(local_dir: str | Path, uri: str, extra: dict[str, Any] | None = 
     return marker
 
 
-def _publish_local(src: Path, dest: Path, marker: dict[str, Any], uri: str) -> None:
+def _publish_local(src: Path, dest: Path, marker: dict[str, Any], uri: str, *, consume: bool = False) -> None:
     tag = uuid.uuid4().hex[:8]
     staging = dest.with_name(f".{dest.name}.staging-{tag}")
     old = dest.with_name(f".{dest.name}.old-{tag}")
+    moved = False
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(src, staging)
+        moved = consume and _rename_on_same_filesystem(src, staging)
+        if not moved:
+            shutil.copytree(src, staging)
         (staging / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
         if dest.exists():
             os.rename(dest, old)
         os.rename(staging, dest)
     except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
+        if moved and staging.exists():  # give the caller's folder back as it was
+            (staging / MARKER).unlink(missing_ok=True)
+            os.rename(staging, src)
+        else:
+            shutil.rmtree(staging, ignore_errors=True)
         if old.exists() and not dest.exists():
             os.rename(old, dest)  # put the previous output back; nothing half-published
         raise StorageError(f"{uri}: cannot publish ({_os_reason(exc)})") from None
     shutil.rmtree(old, ignore_errors=True)
+    if consume and not moved:
+        shutil.rmtree(src, ignore_errors=True)
+
+
+def _rename_on_same_filesystem(src: Path, dest: Path) -> bool:
+    """Rename ``src`` to ``dest``; False (nothing done) when they are on different filesystems."""
+    try:
+        os.rename(src, dest)
+    except OSError as exc:
+        if exc.errno == errno.EXDEV:
+            return False
+        raise
+    return True
 
 
 def _os_reason(exc: OSError) -> str:

@@ -105,6 +105,56 @@ def test_disk_full_mid_publish_keeps_previous_output(tmp_path, monkeypatch):
     assert sorted(p.name for p in root.iterdir()) == ["out"], "no staging folder left behind"
 
 
+def test_consumed_folder_is_published_by_rename_not_copy(tmp_path):
+    """``consume=True`` on one filesystem: the files move into place (same inode), the source is gone."""
+    src = _folder(tmp_path, "work", {"a.txt": "1", "sub/b.txt": "2"})
+    inode = (src / "sub" / "b.txt").stat().st_ino
+    uri = str(tmp_path / "root" / "out")
+    marker = storage.publish_dir(src, uri, consume=True)
+    assert not src.exists()
+    assert (tmp_path / "root" / "out" / "sub" / "b.txt").stat().st_ino == inode, "renamed, not copied"
+    assert sorted(marker["files"]) == ["a.txt", "sub/b.txt"] and storage.is_published(uri)
+
+
+def test_consumed_folder_is_given_back_when_publishing_fails(tmp_path, monkeypatch):
+    """A failure after the rename puts the caller's folder back untouched and keeps the previous output."""
+    uri = str(tmp_path / "root" / "out")
+    storage.publish_dir(_folder(tmp_path, "v1", {"a.txt": "1"}), uri)
+    src = _folder(tmp_path, "work", {"a.txt": "2", "b.txt": "3"})
+    real_rename = os.rename
+
+    def rename_then_disk_full(a, b):
+        if str(b) == uri and ".staging-" in str(a):  # the last step: the staged folder into place
+            raise OSError(28, "No space left on device")
+        real_rename(a, b)
+
+    monkeypatch.setattr(storage.os, "rename", rename_then_disk_full)
+    with pytest.raises(StorageError, match="cannot publish .*No space left"):
+        storage.publish_dir(src, uri, consume=True)
+    monkeypatch.undo()
+    assert sorted(p.name for p in src.iterdir()) == ["a.txt", "b.txt"] and (src / "b.txt").read_text() == "3"
+    assert storage.read_text(storage.join(uri, "a.txt")) == "1" and storage.list_files(uri) == [storage.MARKER,
+                                                                                               "a.txt"]
+    assert sorted(p.name for p in (tmp_path / "root").iterdir()) == ["out"], "no staging folder left behind"
+
+
+def test_consumed_folder_on_another_filesystem_is_copied_then_removed(tmp_path, monkeypatch):
+    import errno
+
+    src = _folder(tmp_path, "work", {"a.txt": "1"})
+    uri = str(tmp_path / "root" / "out")
+    real_rename = os.rename
+
+    def rename_across_devices(a, b):
+        if str(a) == str(src):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real_rename(a, b)
+
+    monkeypatch.setattr(storage.os, "rename", rename_across_devices)
+    storage.publish_dir(src, uri, consume=True)
+    assert not src.exists() and storage.read_text(storage.join(uri, "a.txt")) == "1" and storage.is_published(uri)
+
+
 def test_marker_name_is_reserved(tmp_path):
     with pytest.raises(StorageError, match="reserved"):
         storage.publish_dir(_folder(tmp_path, "v", {storage.MARKER: "x"}), str(tmp_path / "out"))

@@ -177,7 +177,8 @@ def mounted(kind: str, target: Path, fill_leaving: int = 0):
 @contextlib.contextmanager
 def full_disk(target: Path, monkeypatch: pytest.MonkeyPatch, fill_leaving: int = 0):
     """A full filesystem at ``target``: a real tmpfs as root; otherwise copies into it fail with ENOSPC once
-    ``fill_leaving`` bytes are used (no mount without root: the one place this suite injects instead)."""
+    ``fill_leaving`` bytes are used and renames into it from outside fail as across filesystems (no mount
+    without root: the one place this suite injects instead)."""
     if IS_ROOT:
         with mounted("full", target, fill_leaving):
             yield target
@@ -192,7 +193,14 @@ def full_disk(target: Path, monkeypatch: pytest.MonkeyPatch, fill_leaving: int =
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
         return real(src, dst, *args, **kwargs)
 
+    def rename(src, dst, *args, **kwargs):  # the tmpfs root mode mounts is another filesystem: no renames into it
+        if str(dst).startswith(str(target)) and not str(src).startswith(str(target)):
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(src), str(dst))
+        return real_rename(src, dst, *args, **kwargs)
+
+    real_rename = os.rename
     monkeypatch.setattr(shutil, "copyfile", copyfile)
+    monkeypatch.setattr(os, "rename", rename)
     yield target
 
 

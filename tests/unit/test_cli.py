@@ -40,3 +40,53 @@ def test_every_stage_is_a_subcommand():
 def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "mrlkit.cli", "--version"], capture_output=True, text=True)
     assert out.stdout.startswith("mrlkit ")
+
+
+def _ray_task_failed_with(cause: BaseException) -> BaseException:
+    """What ``ray.get`` raises when a task raised ``cause``: Ray's wrapper, itself an instance of the cause's type."""
+    from ray.exceptions import RayTaskError
+
+    return RayTaskError("write_block", "Traceback (most recent call last): ...", cause).as_instanceof_cause()
+
+
+def test_disk_full_error_is_found_behind_ray_and_chained_exceptions():
+    import errno
+
+    from mrlkit.errors import disk_full_error
+
+    full = OSError(errno.ENOSPC, "No space left on device", "/tmp/mrlkit-prepare-x/staging.arrow")
+    try:
+        try:
+            raise _ray_task_failed_with(full)
+        except Exception as exc:
+            raise RuntimeError("the dataset failed") from exc
+    except RuntimeError as outer:
+        assert disk_full_error(outer) is full
+    arrow_style = OSError("[Errno 28] No space left on device; while writing")  # pyarrow: no errno attribute
+    assert disk_full_error(_ray_task_failed_with(arrow_style)) is not None
+    assert disk_full_error(RuntimeError("boom")) is None
+    assert disk_full_error(OSError(errno.EACCES, "Permission denied")) is None
+
+
+def test_a_full_disk_anywhere_in_a_stage_is_one_error_line(monkeypatch, capsys):
+    import errno
+
+    import mrlkit.stage
+
+    def stage_filling_the_disk(stage_cls, cfg):
+        full = OSError(errno.ENOSPC, "No space left on device", "/tmp/mrlkit-prepare-x/chunks.arrow")
+        raise RuntimeError("dataset execution failed") from _ray_task_failed_with(full)
+
+    monkeypatch.setattr(mrlkit.stage, "run_stage", stage_filling_the_disk)
+    assert main(["prepare", "name=x", "corpus.input=."]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert err[0].startswith("mrlkit: error: No space left on device writing /tmp/mrlkit-prepare-x/chunks.arrow")
+    assert "GB free now" in err[0] and "TMPDIR" in err[0]
+
+    def stage_with_a_bug(stage_cls, cfg):
+        raise KeyError("a bug keeps its traceback")
+
+    monkeypatch.setattr(mrlkit.stage, "run_stage", stage_with_a_bug)
+    with pytest.raises(KeyError):
+        main(["prepare", "name=x", "corpus.input=."])

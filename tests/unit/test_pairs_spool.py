@@ -73,3 +73,18 @@ def test_extend_names_a_missing_column(tmp_path):
     with pytest.raises(KeyError, match="relevant_ids"):
         spool.extend({"anchor": ["a"]})
     assert len(spool) == 0
+
+
+def test_drain_reads_in_order_and_frees_each_spill_file_once_read(tmp_path):
+    spool = RowSpool.of(rows(30), SCHEMA, tmp_path, max_rows_in_memory=7)
+    files_left = []
+    got = []
+    for table in spool.drain(8):
+        got += table.to_pylist()
+        files_left.append(len(list(tmp_path.glob("*.parquet"))))
+    assert got == rows(30)
+    # the first table of 8 takes all of the first 7-row file (deleted) and one row of the second
+    assert files_left[0] == 3 and files_left[-1] == 0 and files_left == sorted(files_left, reverse=True)
+    assert len(spool) == 30, "len still counts the rows appended"
+    with pytest.raises(RuntimeError, match="drained"):
+        list(spool)

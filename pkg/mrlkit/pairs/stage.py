@@ -167,8 +167,11 @@ class PrepareStage:
             "source": cfg.pairs.source, "split": pairs.split,
             "hashes": {**hashes, "corpus_content": manifest["hashes"]["content"], "content": content_hash(pairs_files)},
             "files": pairs_files})
-        storage.publish_dir(corpus_dir, layout.corpus_uri(cfg))
-        storage.publish_dir(pairs_dir, layout.pairs_uri(cfg))
+        # write_pairs_dir drained the spools; spools that sampling or mining replaced still have files here.
+        # With that and publishing by rename, nothing the stage writes is on disk twice.
+        shutil.rmtree(self.work / "spool", ignore_errors=True)
+        storage.publish_dir(corpus_dir, layout.corpus_uri(cfg), consume=True)
+        storage.publish_dir(pairs_dir, layout.pairs_uri(cfg), consume=True)
         seconds = time.monotonic() - started
         mb = chunk_counts["bytes_read"] / 1e6
         log.info("prepare: read %d, rejected %d (%s), empty %d, duplicate %d exact + %d near, %d chunks, "

@@ -63,9 +63,12 @@ def write_parts(folder: Path, tables: Iterable[Any], schema: Any) -> list[str]:
 
 
 def write_pairs_dir(out: Path, pairs: PairSets) -> None:
-    """train/, test/, corpus/ parquet parts and split.json (the manifest is written by the stage)."""
+    """train/, test/, corpus/ parquet parts and split.json (the manifest is written by the stage).
+
+    The spools are drained as they are written: their rows are in ``out`` afterwards, and only once on disk.
+    """
     for name, rows in (("train", pairs.train), ("test", pairs.test), ("corpus", pairs.corpus)):
-        write_parts(out / name, rows.tables(ROW_GROUP), rows.schema)
+        write_parts(out / name, rows.drain(ROW_GROUP), rows.schema)
     write_json(out / "split.json", {**pairs.split, "train_pairs": len(pairs.train), "test_pairs": len(pairs.test),
                                     "eval_corpus": len(pairs.corpus)})
 
