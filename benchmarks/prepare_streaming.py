@@ -27,6 +27,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,9 +48,9 @@ BASELINE_MB = 2.0
 SAMPLE_S = 1.0
 MAX_TIMELINE = 200  # samples kept in the result (evenly thinned): memory over time shows flat vs growing
 MB = 1e6
-# Peak disk of the run per MB of corpus, the corpus itself included. Measured with du each second on a 903 MB corpus
-# (session 10): 4,946 MB, 5.5x, while the corpus parts are written beside the input (910 MB), the chunk staging file
-# (1,153) and the spooled pairs (2,228). Before prepare drained its spools into the pairs parts and published by
+# Peak disk of the run per MB of corpus, the corpus itself included: 4,959 MB, 5.5x, on 903 MB (session 10,
+# prepare_streaming_900mb_s10.json), while the corpus parts are written beside the input, the chunk staging file
+# (1,153 MB) and the spooled pairs (2,228 MB). Before prepare drained its spools into the pairs parts and published by
 # rename instead of copying, 6,493 MB (7.2x). The margin covers Ray's spilled objects.
 DISK_PER_CORPUS_MB = 6.0
 # Ray sizes its object store at 30% of the memory limit it reads from /sys/fs/cgroup/memory/memory.limit_in_bytes
@@ -324,8 +325,6 @@ def disk_need_mb(corpus_mb: float) -> float:
 
 def free_disk_mb(*folders: Path) -> float:
     """The least free space among the filesystems of ``folders`` (the test's folder, the system temp folder)."""
-    import shutil
-
     return min(shutil.disk_usage(folder).free for folder in folders) / MB
 
 
