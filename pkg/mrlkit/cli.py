@@ -22,7 +22,7 @@ from typing import Any
 
 from mrlkit import __version__
 from mrlkit.config import config_to_dict, load_config
-from mrlkit.errors import MrlkitError, disk_full_error
+from mrlkit.errors import NO_SPACE, MrlkitError, disk_full_error
 
 # stage name -> (module, class, one-line help). Modules load only when their stage runs.
 STAGES: dict[str, tuple[str, str, str]] = {
@@ -91,7 +91,7 @@ def disk_full_message(full: OSError) -> str:
     """One line: what filled, and how much room the scratch folder has now."""
     scratch = tempfile.gettempdir()
     where = f" writing {full.filename}" if full.filename else ""
-    return (f"No space left on device{where}. Scratch files go under {scratch} (TMPDIR; "
+    return (f"{NO_SPACE}{where}. Scratch files go under {scratch} (TMPDIR; "
             f"{shutil.disk_usage(scratch).free / 1e9:.1f} GB free now), outputs under storage.root: "
             "free some space or point TMPDIR at a larger disk")
 
