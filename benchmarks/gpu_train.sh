@@ -11,7 +11,7 @@
 #     --platform manylinux2014_x86_64 -d .devbench/whl datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
 # Writes JSON results and logs under OUT (default benchmarks/results/gpu).
 #   bash benchmarks/gpu_train.sh [levers|recipe|full|all]
-# levers and recipe take up to ~400 s each: on a machine with a 600 s limit per command, run them one per call.
+# levers and recipe take up to ~450 and ~500 s: on a machine with a 600 s limit per command, run them one per call.
 set -uo pipefail
 DEV=${DEVBENCH:-.devbench}
 OUT=${OUT:-benchmarks/results/gpu}
@@ -31,12 +31,14 @@ bench() {  # name, timeout seconds, args...
 }
 what=${1:-all}
 # speed levers side by side on the seed dataset's token lengths, one epoch of 3.2k pairs
-# (worker+unfused: the seed's per-dim MatryoshkaLoss; worker: the fused loss; +merge: one encoder pass per step)
-[[ $what == all || $what == levers ]] && bench train_gpu_levers 400 --lengths financial --seq-len 512 --pairs 3200 \
-  --epochs 1 --repeats 2 --modes plain,plain+nocudnn,worker+unfused,worker,worker+merge,worker+bucket+merge,worker+bucket
+# (worker+unfused: the seed's per-dim MatryoshkaLoss; worker: the fused loss; +merge: one encoder pass per step;
+#  +loaders: batches tokenized in a loader process)
+[[ $what == all || $what == levers ]] && bench train_gpu_levers 450 --lengths financial --seq-len 512 --pairs 3200 \
+  --epochs 1 --repeats 2 \
+  --modes plain,plain+nocudnn,worker+unfused,worker,worker+merge,worker+merge+loaders,worker+bucket+merge,worker+bucket
 # the full seed recipe, 6.3k pairs x 4 epochs (plain with cuDNN attention takes ~5 min: see levers for it)
-[[ $what == all || $what == recipe ]] && bench train_gpu_recipe 400 --lengths financial --seq-len 512 --pairs 6300 \
-  --epochs 4 --repeats 1 --modes worker,worker+merge,worker+bucket+merge
+[[ $what == all || $what == recipe ]] && bench train_gpu_recipe 500 --lengths financial --seq-len 512 --pairs 6300 \
+  --epochs 4 --repeats 1 --modes worker,worker+merge+loaders,worker+bucket+merge+loaders
 # the compute-bound case: every text 256 tokens
 [[ $what == all || $what == full ]] && bench train_gpu_full256 100 --lengths full --seq-len 256 --pairs 2048 \
   --epochs 1 --repeats 2 --modes plain,plain+nocudnn,worker,worker+merge

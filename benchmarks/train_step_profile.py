@@ -6,6 +6,9 @@ Same model (random init, ``--model-shape``), same pairs and batch as ``train_thr
    backward, fused AdamW: the floor for this model and batch without any trainer around it.
 2. ``trainer``: the seed configuration through ``SentenceTransformerTrainer``, with ``torch.profiler``
    over steps 10-29: the top operators by CPU and by GPU time, and the GPU-busy share of the wall time.
+3. ``phases``: the same trainer unprofiled, the GPU synchronized at each step hook: ms per phase
+   (forward+loss+backward+clip, optimizer, scheduler+zero_grad, log/save+next batch), with the seed's
+   loss and NaN filter and with mrlkit's (the fused loss, no NaN filter's per-step sync).
 
 Both run with PyTorch's cuDNN attention off, as mrlkit trains (``--cudnn-attention`` keeps PyTorch's
 default): with it on, its per-shape graph building hides everything else (``train_gpu_h100.json``).
@@ -96,6 +99,50 @@ def profiled_trainer(cfg, out_dir: Path, steps: int) -> dict:
             "profiled_cpu_ms_per_step": round(cpu_us / 1e3 / 20, 2)}
 
 
+PHASES = (("begin", "pre_optimizer", "forward_loss_backward_clip"), ("pre_optimizer", "optimizer", "optimizer"),
+          ("optimizer", "end", "scheduler_zero_grad"), ("end", "begin", "log_save_next_batch"))
+
+
+def phase_times(cfg, out_dir: Path, steps: int, mrlkit_settings: bool) -> dict:
+    """Median ms per phase of a step, the device synchronized at each of the trainer's step hooks.
+
+    Each phase then costs the longer of its host work and its kernels, so a phase far longer than
+    its share of the ~25 ms of kernels is where the host time goes. The synchronizations cost a
+    little overlap, so the phases add up to a bit more than an unsynchronized step.
+    """
+    import torch
+    from transformers import TrainerCallback
+
+    marks: list[tuple[str, float]] = []
+
+    def mark(name: str) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        marks.append((name, time.perf_counter()))
+
+    class Phases(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            mark("begin")
+
+        def on_pre_optimizer_step(self, *a, **k):
+            mark("pre_optimizer")
+
+        def on_optimizer_step(self, *a, **k):
+            mark("optimizer")
+
+        def on_step_end(self, *a, **k):
+            mark("end")
+
+    tt.seed_trainer(cfg, out_dir, max_steps=steps, callbacks=[Phases()], mrlkit_settings=mrlkit_settings).train()
+    spans: dict[str, list[float]] = {name: [] for _, _, name in PHASES}
+    for (a, t0), (b, t1) in itertools.pairwise(marks):
+        for start, end, name in PHASES:
+            if (a, b) == (start, end):
+                spans[name].append(t1 - t0)
+    medians = {name: round(1e3 * statistics.median(v[5:] or v), 2) for name, v in spans.items() if v}
+    return {**medians, "sum_ms": round(sum(medians.values()), 2)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-shape", choices=sorted(tt.SHAPES), default="bge-base")
@@ -132,10 +179,13 @@ def main() -> int:
     cfg = tt.pipeline_config(ns, work, model_dir, run="profile")
     trainer = profiled_trainer(cfg, work / "trainer", args.steps)
     print("trainer:", trainer, flush=True)
+    phases = {"seed": phase_times(cfg, work / "phases-seed", args.steps, mrlkit_settings=False),
+              "mrlkit": phase_times(cfg, work / "phases-mrlkit", args.steps, mrlkit_settings=True)}
+    print("phases (ms per step, synchronized):", phases, flush=True)
     write_result("train_step_profile", {
         "model_shape": args.model_shape, "lengths": args.lengths, "cudnn_attention": args.cudnn_attention,
         "seq_len": args.seq_len,
-        "batch_size": args.batch_size, "bare": bare, "trainer": trainer,
+        "batch_size": args.batch_size, "bare": bare, "trainer": trainer, "phases_ms": phases,
         "trainer_vs_bare_pairs_per_s": round(args.batch_size * 1e3 / trainer["ms_per_step_median"]
                                              / bare["pairs_per_s"], 3)}, path=Path(args.out))
     return 0

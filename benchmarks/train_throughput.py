@@ -11,8 +11,13 @@ Same synthetic pairs, batch size, sequence length and model in every mode, one p
   end-to-end wall time (worker start-up included) is reported next to it.
 - ``worker``: mrlkit's per-worker loop without Ray (what a single-GPU machine runs). Suffixes switch its
   speed levers on: ``worker+bucket`` (``train.length_bucketing``), ``worker+compile`` (``train.compile``),
-  ``worker+merge`` (``train.merge_columns``), or its fused loss off: ``worker+unfused``; combine them as
+  ``worker+merge`` (``train.merge_columns``), ``worker+loaders`` (``train.dataloader_workers=1``: batches
+  tokenized in a loader process), or its fused loss off: ``worker+unfused``; combine them as
   ``worker+bucket+merge``.
+
+``--model-shape launch`` is bge-base's 12 layers at width 24: it computes next to nothing, so on a CPU
+its step time is the host's work (dispatch, tokenization, the trainer), a stand-in for a GPU step bound
+by its host.
 
 Texts: ``--lengths short`` (~20-token questions, ~60-token contexts), ``financial`` (token lengths drawn
 from the seed dataset's measured distribution, long tail included) or ``full`` (every text ``--seq-len``
@@ -51,6 +56,7 @@ from common import machine_info
 
 SHAPES = {  # hidden, layers, heads
     "tiny": (32, 2, 2),
+    "launch": (24, 12, 2),  # bge-base's depth at a width that computes next to nothing: a host-bound stand-in
     "mini": (128, 2, 2),
     "minilm": (384, 6, 12),
     "bge-base": (768, 12, 12),
@@ -125,19 +131,27 @@ def pipeline_config(args: argparse.Namespace, root: Path, model_dir: str, run: s
                     extra: list[str] | None = None) -> Any:
     from mrlkit.config import load_config
 
-    dims = [d for d in (768, 512, 384, 256, 128, 64, 32) if d <= SHAPES[args.model_shape][0]] or [32]
+    hidden = SHAPES[args.model_shape][0]
+    bge_dims = (768, 512, 384, 256, 128, 64, 32)
+    # a model narrower than 32 keeps bge-base's seven dims, scaled down (launch: 24, 16, 12, 8, 4, 2, 1)
+    dims = [d for d in bge_dims if d <= hidden] or [max(hidden * d // 768, 1) for d in bge_dims]
+    extra = list(extra or [])
+    loaders = sum(int(o.split("=", 1)[1]) for o in extra if o.startswith("train.dataloader_workers="))
     overrides = [
         "name=bench", f"run={run}", f"storage.root={root}", f"train.base_model={model_dir}",
         f"train.matryoshka_dims={dims}", f"train.batch_size={args.batch_size}", f"train.epochs={args.epochs}",
         f"train.max_seq_length={args.seq_len}", "train.eval_strategy=no", "train.keep_checkpoints=1",
-        f"train.cpus_per_worker={args.threads}", f"train.use_gpu={str(args.use_gpu).lower()}",
-        f"train.precision={args.precision}", f"ray.num_cpus={os.cpu_count()}", *(extra or []),
+        f"train.cpus_per_worker={args.threads + loaders}", f"train.use_gpu={str(args.use_gpu).lower()}",
+        f"train.precision={args.precision}", f"ray.num_cpus={os.cpu_count()}", *extra,
     ]
     return load_config(None, overrides)
 
 
-def seed_trainer(cfg: Any, out_dir: Path, *, max_steps: int | None = None, callbacks: list[Any] | None = None) -> Any:
-    """The seed's trainer: sentence-transformers alone, one process, the library's per-dim MatryoshkaLoss."""
+def seed_trainer(cfg: Any, out_dir: Path, *, max_steps: int | None = None, callbacks: list[Any] | None = None,
+                 mrlkit_settings: bool = False) -> Any:
+    """The seed's trainer: sentence-transformers alone, one process, the library's per-dim MatryoshkaLoss and
+    its default NaN filter. ``mrlkit_settings``: the same trainer with the loss and arguments mrlkit's worker
+    uses (the fused loss by default, no NaN filter), without mrlkit's callbacks."""
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 
     from mrlkit import layout
@@ -149,11 +163,14 @@ def seed_trainer(cfg: Any, out_dir: Path, *, max_steps: int | None = None, callb
     model.max_seq_length = cfg.train.max_seq_length
     dataset = load_train_dataset(layout.pairs_uri(cfg))
     args = training_arguments(cfg.train, str(out_dir), world_size=1)  # saves every epoch, as the seed did
+    if not mrlkit_settings:
+        args.logging_nan_inf_filter = True  # the library's default, as the seed ran (mrlkit turns it off)
     if max_steps is not None:
         args.max_steps = max_steps
-    seed_loss = dataclasses.replace(cfg.train, fused_loss=False, merge_columns=False)
+    library_loss = dataclasses.replace(cfg.train, fused_loss=False, merge_columns=False)
+    loss_cfg = cfg.train if mrlkit_settings else library_loss
     return SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, callbacks=callbacks,
-                                      loss=build_loss(model, seed_loss, distributed=False))
+                                      loss=build_loss(model, loss_cfg, distributed=False))
 
 
 def run_plain(cfg: Any, out_dir: Path) -> dict[str, float]:
@@ -167,7 +184,8 @@ def run_plain(cfg: Any, out_dir: Path) -> dict[str, float]:
 
 
 LEVERS = {"bucket": "train.length_bucketing=true", "compile": "train.compile=true",
-          "merge": "train.merge_columns=true", "unfused": "train.fused_loss=false"}
+          "merge": "train.merge_columns=true", "unfused": "train.fused_loss=false",
+          "loaders": "train.dataloader_workers=1"}
 
 
 def worker_overrides(mode: str) -> list[str]:

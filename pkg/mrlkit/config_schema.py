@@ -253,6 +253,7 @@ class TrainConfig:
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: int = 1
+    dataloader_workers: int = 0
     eval_strategy: Literal["epoch", "steps", "no"] = "epoch"
     eval_steps: int | None = None
     save_steps: int | None = None
@@ -299,6 +300,12 @@ class TrainConfig:
         _positive("max_seq_length", self.max_seq_length, 8)
         _positive("num_workers", self.num_workers)
         _positive("cpus_per_worker", self.cpus_per_worker)
+        _positive("dataloader_workers", self.dataloader_workers, 0)
+        if self.dataloader_workers >= self.cpus_per_worker:
+            # each loader is a process of its own: Ray (and the pod's CPU request) must reserve a CPU for it
+            raise Problem("dataloader_workers", f"{self.dataloader_workers} loader process(es) need "
+                          f"cpus_per_worker >= {self.dataloader_workers + 1} (the training process and one CPU "
+                          f"per loader), got cpus_per_worker {self.cpus_per_worker}")
         if self.eval_strategy == "steps" and self.eval_steps is None:
             raise Problem("eval_steps", "required when eval_strategy is 'steps'")
         _positive("eval_steps", self.eval_steps)

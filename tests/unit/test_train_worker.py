@@ -81,6 +81,36 @@ def test_worker_loop_with_length_bucketing_and_compiled_blocks(tmp_path, tiny_mo
     assert "compiles 2 transformer blocks" in caplog.text
 
 
+def test_a_nan_loss_reaches_the_log(tmp_path):
+    """The trainer's NaN filter would log the running average in place of a NaN loss (and sync on
+    the GPU every step to check for one); mrlkit turns it off so a diverging run shows it."""
+    from mrlkit.config_schema import TrainConfig
+    from mrlkit.train.worker import training_arguments
+
+    assert training_arguments(TrainConfig(), str(tmp_path), world_size=1).logging_nan_inf_filter is False
+
+
+def test_loader_processes_train_the_same_batches(tmp_path, tiny_model, monkeypatch):
+    """train.dataloader_workers moves tokenization into loader processes; what is trained must not change."""
+    from mrlkit.train.worker import training_arguments
+
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")  # undone after the test; the loop only sets a default
+    n = 24
+    losses = {}
+    for loaders in (0, 1):
+        cfg = tiny_worker_config(tmp_path, tiny_model, "train.batch_size=4", "train.max_steps=4",
+                                 f"train.dataloader_workers={loaders}", "train.cpus_per_worker=2")
+        if loaders == 0:
+            publish_pairs(layout.pairs_uri(cfg), {"anchor": [f"question {i}" for i in range(n)],
+                                                  "positive": [f"answer {i} " + "words " * (i % 9) for i in range(n)]})
+        args = training_arguments(cfg.train, str(tmp_path / "args"), world_size=1)
+        assert (args.dataloader_num_workers, args.dataloader_persistent_workers) == (loaders, loaders > 0)
+        summary = train_loop({"config": config_to_dict(cfg), "output_dir": str(tmp_path / f"loaders{loaders}")})
+        assert summary["step"] == 4
+        losses[loaders] = summary["train_loss"]
+    assert losses[1] == losses[0] > 0
+
+
 def test_each_worker_resumes_from_its_own_copy_of_the_checkpoint(tmp_path):
     """A second worker's download must not rewrite the files the first is reading (Ray's shared
     ``as_directory`` folder does, when the second takes the lock after the first finished)."""

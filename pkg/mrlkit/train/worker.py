@@ -19,6 +19,7 @@ which restores weights, optimizer, scheduler, step counter and data order.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -93,6 +94,17 @@ def schedule_args(train: TrainConfig) -> dict[str, Any]:
     return {**evaluation, **save}
 
 
+def loader_args(train: TrainConfig) -> dict[str, Any]:
+    """Batches tokenized in ``train.dataloader_workers`` loader processes, ahead of the step that needs them.
+
+    Why: the data collator tokenizes each batch, and in the training process that time adds to every
+    step of a GPU step bound by its host. Loaders stay alive across epochs (persistent), so each epoch
+    does not fork them again; each keeps PyTorch's default two batches ready.
+    """
+    return {"dataloader_num_workers": train.dataloader_workers,
+            "dataloader_persistent_workers": train.dataloader_workers > 0}
+
+
 def training_arguments(train: TrainConfig, output_dir: str, world_size: int) -> Any:
     from sentence_transformers import SentenceTransformerTrainingArguments
 
@@ -116,11 +128,15 @@ def training_arguments(train: TrainConfig, output_dir: str, world_size: int) -> 
         save_total_limit=train.keep_checkpoints,
         logging_steps=max(1, min(10, (train.eval_steps or 10))),
         logging_first_step=True,
+        # The trainer's default hides a NaN or infinite loss from the logs (it logs the running average
+        # instead), and checking for one reads the loss back from the GPU, a sync, every step: show it.
+        logging_nan_inf_filter=False,
         seed=train.seed,
         data_seed=train.seed,
         report_to="none",
         disable_tqdm=True,
         dataloader_drop_last=world_size > 1,  # equal batch counts on every worker keep DDP in step
+        **loader_args(train),
         **schedule_args(train),
         **precision_args(train),
     )
@@ -223,6 +239,10 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
     use_ray = bool(loop_config.get("use_ray"))
     if use_ray:
         _log_to_stderr()
+    if train.dataloader_workers:
+        # the loaders are forked from this process; a Rust tokenizer that already ran threads here would
+        # deadlock in them (Hugging Face tokenizers warns and turns its threads off): keep them off
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     rank, world_size, ray_checkpoint = _ray_context() if use_ray else (0, 1, None)
     torch.manual_seed(train.seed)
     own_scratch = not loop_config.get("output_dir")
