@@ -15,9 +15,10 @@ Same synthetic pairs, batch size, sequence length and model in every mode, one p
   tokenized in a loader process), or its fused loss off: ``worker+unfused``; combine them as
   ``worker+bucket+merge``.
 
-``--model-shape launch`` is bge-base's 12 layers at width 24: it computes next to nothing, so on a CPU
-its step time is the host's work (dispatch, tokenization, the trainer), a stand-in for a GPU step bound
-by its host.
+``--model-shape launch`` is bge-base's 12 layers at width 24: with short texts and small batches it
+computes little, so on a CPU its step is mostly the host's work (dispatch, tokenization, the trainer), a
+stand-in for a GPU step bound by its host. At the seed's lengths and batch 32 a step takes ~1.2 s on one
+CPU thread: compute-bound, it stands in for nothing there.
 
 Texts: ``--lengths short`` (~20-token questions, ~60-token contexts), ``financial`` (token lengths drawn
 from the seed dataset's measured distribution, long tail included) or ``full`` (every text ``--seq-len``
@@ -56,7 +57,7 @@ from common import machine_info
 
 SHAPES = {  # hidden, layers, heads
     "tiny": (32, 2, 2),
-    "launch": (24, 12, 2),  # bge-base's depth at a width that computes next to nothing: a host-bound stand-in
+    "launch": (24, 12, 2),  # bge-base's depth, a tiny width: a host-bound stand-in at short lengths
     "mini": (128, 2, 2),
     "minilm": (384, 6, 12),
     "bge-base": (768, 12, 12),
