@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -108,7 +109,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="mrlkit-datawait-"))
     model_dir = str(init_random_model(work / "model", max_seq_length=args.seq_len, tokenizer_from=args.tokenizer))
-    pairs = args.batch_size * args.steps
+    pairs = args.batch_size * (args.steps + 2)  # a spare batch or two: a deferred duplicate must not end the epoch
     tt.make_pairs(work, pairs, args.lengths, args.seq_len)
     by_setting: dict[str, list[dict[str, float]]] = {str(n): [] for n in settings}
     for rnd in range(args.rounds):
@@ -131,6 +132,7 @@ def main() -> int:
         "figures_median_of_rounds": figures,
         "rounds": by_setting,
         "loadavg_after": os.getloadavg()}, path=Path(args.out))
+    shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
