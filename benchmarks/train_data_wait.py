@@ -48,21 +48,9 @@ def spin(ms: float) -> None:
         pass
 
 
-def measure(cfg, model_dir: str, out_dir: Path, steps: int, step_ms: float) -> dict[str, float]:
+def measure(cfg, out_dir: Path, steps: int, step_ms: float) -> dict[str, float]:
     """Iterate the trainer's own train data loader for ``steps`` batches, spinning ``step_ms`` after each."""
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
-
-    from mrlkit import layout
-    from mrlkit.train.data import load_train_dataset
-    from mrlkit.train.loss import build_loss
-    from mrlkit.train.worker import training_arguments
-
-    model = SentenceTransformer(model_dir, device="cpu")
-    model.max_seq_length = cfg.train.max_seq_length
-    args = training_arguments(cfg.train, str(out_dir), world_size=1)
-    dataset = load_train_dataset(layout.pairs_uri(cfg))
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
-                                         loss=build_loss(model, cfg.train, distributed=False))
+    trainer = tt.seed_trainer(cfg, out_dir, mrlkit_settings=True)  # mrlkit's training arguments, the loaders included
     loader = trainer.get_train_dataloader()
     batches = iter(loader)
     waits, walls, tokens = [], [], []
@@ -104,23 +92,24 @@ def main() -> int:
         parser.error(f"--loaders takes comma-separated counts >= 0, e.g. 0,1; got {args.loaders!r}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    from mrlkit.config import load_config
     from mrlkit.models import init_random_model
 
     work = Path(tempfile.mkdtemp(prefix="mrlkit-datawait-"))
-    model_dir = str(init_random_model(work / "model", max_seq_length=args.seq_len, tokenizer_from=args.tokenizer))
+    hidden, layers, heads = tt.SHAPES["tiny"]  # no model compute here: only its tokenizer matters
+    model_dir = str(init_random_model(work / "model", hidden_size=hidden, num_layers=layers, num_heads=heads,
+                                      max_seq_length=args.seq_len, tokenizer_from=args.tokenizer))
+    ns = argparse.Namespace(model_shape="tiny", batch_size=args.batch_size, epochs=1, seq_len=args.seq_len,
+                            threads=1, use_gpu=False, precision="auto")
     pairs = args.batch_size * (args.steps + 2)  # a spare batch or two: a deferred duplicate must not end the epoch
     tt.make_pairs(work, pairs, args.lengths, args.seq_len)
     by_setting: dict[str, list[dict[str, float]]] = {str(n): [] for n in settings}
     for rnd in range(args.rounds):
         for loaders in settings:
-            cfg = load_config(None, [
-                "name=bench", f"run=loaders{loaders}-{rnd}", f"storage.root={work}",
-                f"train.base_model={model_dir}", "train.matryoshka_dims=[32]", f"train.batch_size={args.batch_size}",
-                f"train.max_seq_length={args.seq_len}", "train.eval_strategy=no",
-                f"train.dataloader_workers={loaders}", f"train.cpus_per_worker={loaders + 1}"])
+            # pipeline_config reserves a CPU per loader beside the training process (cpus_per_worker = 1 + loaders)
+            cfg = tt.pipeline_config(ns, work, model_dir, run=f"loaders{loaders}-{rnd}",
+                                     extra=[f"train.dataloader_workers={loaders}"])
             runs = by_setting[str(loaders)]
-            runs.append(measure(cfg, model_dir, work / f"out-{loaders}-{rnd}", args.steps, args.step_ms))
+            runs.append(measure(cfg, work / f"out-{loaders}-{rnd}", args.steps, args.step_ms))
             print(f"round {rnd} loaders={loaders}: {runs[-1]}", flush=True)
     figures = {n: {key: statistics.median(r[key] for r in runs) for key in runs[0]} for n, runs in by_setting.items()}
     for n, fig in figures.items():
