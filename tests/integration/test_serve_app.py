@@ -81,6 +81,25 @@ def test_response_matches_openai_schema(server):
     assert len(single["data"]) == 1
 
 
+def test_the_openai_python_client_works_unchanged(server):
+    """The official client as users call it: its default ``encoding_format`` is base64 (decoded by the client),
+    ``dimensions`` is passed through, and a refused request raises its typed error with our message."""
+    import openai
+
+    client = openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
+    texts = ["what was the revenue?", "operating margin grew"]
+    full = client.embeddings.create(model="tiny", input=texts)
+    assert [d.index for d in full.data] == [0, 1] and full.model == "tiny" and full.usage.total_tokens > 4
+    assert len(full.data[0].embedding) == 32
+    np.testing.assert_allclose(np.array(full.data[0].embedding), vectors(post(server, {"input": texts}))[0],
+                               atol=1e-6)  # the base64 the client decoded is the float answer
+    small = client.embeddings.create(model="tiny", input=texts, dimensions=8, encoding_format="float")
+    assert [len(d.embedding) for d in small.data] == [8, 8]
+    with pytest.raises(openai.BadRequestError, match="use one of 32, 16, 8"):
+        client.embeddings.create(model="tiny", input="x", dimensions=12)
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+
+
 @pytest.mark.parametrize("dim", TRAINED_DIMS)
 def test_every_trained_dim_has_its_length_and_unit_norm(server, dim):
     got = vectors(post(server, {"input": ["alpha", "beta gamma"], "dimensions": dim}))

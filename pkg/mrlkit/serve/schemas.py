@@ -183,8 +183,10 @@ def _explain(exc: ValidationError, data: dict[str, Any]) -> ApiError:
         return ApiError(400, f"unknown field {field!r}; allowed fields: {allowed}", param=field, code="unknown_field")
     if field == "input" and isinstance(data.get("input"), list) and data["input"] and not isinstance(
             data["input"][0], str):
-        return ApiError(400, "'input' must be text: token-id arrays are not supported, send strings",
-                        param="input", code="invalid_type")
+        # OpenAI's token ids are its own tokenizer's, meaningless to this model's. LangChain's OpenAIEmbeddings
+        # sends them unless told not to, so the message says how.
+        return ApiError(400, "'input' must be text: token-id arrays are not supported, send strings (LangChain's "
+                        "OpenAIEmbeddings: set check_embedding_ctx_length=False)", param="input", code="invalid_type")
     value = data.get(field) if field else None
     shown = json.dumps(value)[:60] if field else ""
     expected = _EXPECTED.get(field or "", "a valid value")
