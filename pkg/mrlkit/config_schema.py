@@ -252,7 +252,9 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     num_workers: int = 1
     use_gpu: bool = False
-    cpus_per_worker: int = 1
+    # None: on a one-node Ray (a laptop) its free CPUs split between the workers, else 1 + dataloader_workers
+    # (mrlkit.train.resources)
+    cpus_per_worker: int | None = None
     dataloader_workers: int = 0
     eval_strategy: Literal["epoch", "steps", "no"] = "epoch"
     eval_steps: int | None = None
@@ -301,7 +303,7 @@ class TrainConfig:
         _positive("num_workers", self.num_workers)
         _positive("cpus_per_worker", self.cpus_per_worker)
         _positive("dataloader_workers", self.dataloader_workers, 0)
-        if self.dataloader_workers >= self.cpus_per_worker:
+        if self.cpus_per_worker is not None and self.dataloader_workers >= self.cpus_per_worker:
             # each loader is a process of its own: Ray (and the pod's CPU request) must reserve a CPU for it
             raise Problem("dataloader_workers", f"{self.dataloader_workers} loader process(es) need "
                           f"cpus_per_worker >= {self.dataloader_workers + 1} (the training process and one CPU "

@@ -172,7 +172,35 @@ def test_relative_storage_root_means_the_drivers_folder_not_the_workers(ray_loca
     write_pairs(layout.pairs_uri(cfg), n_train=16, n_test=4)
     summary = run_stage(TrainStage, cfg)
     assert summary["global_step"] == 2
+    assert summary["cpus_per_worker"] == 2  # unset: the one worker takes the local Ray's 2 free CPUs
     assert storage.is_published(str(tmp_path / "data" / "models" / "relative"))
+
+
+def test_on_its_own_ray_training_starts_no_placement_group_cleaner(ray_local, tmp_path, tiny_model, monkeypatch):
+    """Ray Train's cleaner asks a state API a Ray of our own does not have, every second, and once removed a
+    live run's workers (mrlkit.train.local_ray): the stage drops it there and keeps it on a cluster."""
+    import ray.train
+    from ray._private import state
+    from ray.train.torch import TorchTrainer
+
+    from mrlkit.train.local_ray import LocalTorchTrainer
+
+    def cleaners() -> int:
+        return sum(a["ActorClassName"] == "PlacementGroupCleaner" for a in state.actors().values())
+
+    def nothing(_config):
+        pass
+
+    for trainer_cls, started in ((LocalTorchTrainer, 0), (TorchTrainer, 1)):  # Ray's own trainer: the control
+        before = cleaners()
+        trainer_cls(nothing, scaling_config=ray.train.ScalingConfig(num_workers=1),
+                    run_config=ray.train.RunConfig(name=trainer_cls.__name__, storage_path=str(tmp_path))).fit()
+        assert cleaners() - before == started
+
+    cfg = tiny_config(str(tmp_path / "root"), tiny_model, run="which", num_workers=1)
+    assert type(TrainStage(cfg).trainer()) is LocalTorchTrainer
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # joining a cluster: there the cleaner has work to do
+    assert type(TrainStage(cfg).trainer()) is TorchTrainer
 
 
 @pytest.mark.slow

@@ -270,3 +270,59 @@ def test_killed_driver_resumes_when_the_same_command_runs_again(tmp_path, tiny_m
             "exported, a third run reported the existing result", 1, 0,
             checkpoint_step_at_kill=killed_at, resumed_from_step=resumed["resumed_from_step"])
 
+
+
+# -- 4. another Ray starts and stops on the same machine during a run -------------------------------------------
+
+ANOTHER_RAY = ("import ray, sys, time; ray.init(num_cpus=1, include_dashboard=True, log_to_driver=False); "
+               "time.sleep(float(sys.argv[1])); ray.shutdown()")
+
+
+def wait_for_file(path: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear in {timeout_s:.0f}s")
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_another_ray_on_the_machine_does_not_stop_a_local_run(ray_local, tmp_path):
+    """With Ray's own trainer on a Ray of our own, Ray Train's placement-group cleaner asked the state API of a
+    Ray started beside it about its controller, was told it did not exist, and removed the live run's workers
+    (mrlkit.train.local_ray; reproduced by hand with Ray's TorchTrainer). The stage's local trainer has no
+    cleaner: a run with no failures allowed must outlive another Ray starting and stopping."""
+    import threading
+
+    import ray.train
+
+    from mrlkit.train.local_ray import LocalTorchTrainer
+
+    started, other_gone = tmp_path / "started", tmp_path / "other-gone"
+
+    def train_until_the_other_ray_is_gone(config: dict) -> None:  # runs in a Ray worker: stdlib names only
+        import os as os_
+        import time as time_
+
+        open(config["started"], "w").close()
+        deadline = time_.monotonic() + 180
+        while not os_.path.exists(config["other_gone"]) and time_.monotonic() < deadline:
+            time_.sleep(0.2)
+
+    def another_ray() -> None:
+        wait_for_file(started, 120)  # the run's helpers are up and watching before the other Ray appears
+        subprocess.run([sys.executable, "-c", ANOTHER_RAY, "6"], check=True, timeout=150,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        other_gone.touch()
+
+    beside = threading.Thread(target=another_ray, daemon=True)
+    beside.start()
+    trainer = LocalTorchTrainer(
+        train_until_the_other_ray_is_gone,
+        train_loop_config={"started": str(started), "other_gone": str(other_gone)},
+        scaling_config=ray.train.ScalingConfig(num_workers=1),
+        run_config=ray.train.RunConfig(name="beside", storage_path=str(tmp_path / "runs"),
+                                       failure_config=ray.train.FailureConfig(max_failures=0)))
+    result = trainer.fit()  # a removed placement group kills the worker: with no failures allowed, fit raises
+    beside.join(timeout=60)
+    assert result.error is None and other_gone.exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -71,6 +72,9 @@ def test_own_cluster_is_sized_from_the_train_section_and_takes_storage_by_refere
     worker = group["template"]["spec"]["containers"][0]
     assert worker["image"] == "reg/mrlkit:1"
     assert worker["resources"]["requests"]["cpu"] == "3"  # cpus_per_worker + 1 for the data loader
+    unset = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, cpus_per_worker=None))
+    (group,) = build_rayjob(unset, "train", options)["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    assert group["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "2"  # the least, + 1
     env = {e["name"]: e for e in worker["env"]}
     assert env["MRLKIT_S3_ENDPOINT"]["value"] == "http://s3.mrl.svc:9000"
     assert env["AWS_SECRET_ACCESS_KEY"] == {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {

@@ -91,23 +91,32 @@ def test_a_nan_loss_reaches_the_log(tmp_path):
 
 
 def test_loader_processes_train_the_same_batches(tmp_path, tiny_model, monkeypatch):
-    """train.dataloader_workers moves tokenization into loader processes; what is trained must not change."""
+    """train.dataloader_workers moves tokenization into loader processes; what is trained must not change.
+    The training process computes on the worker's CPUs less one per loader."""
+    import torch
+
     from mrlkit.train.worker import training_arguments
 
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")  # undone after the test; the loop only sets a default
     n = 24
     losses = {}
-    for loaders in (0, 1):
-        cfg = tiny_worker_config(tmp_path, tiny_model, "train.batch_size=4", "train.max_steps=4",
-                                 f"train.dataloader_workers={loaders}", "train.cpus_per_worker=2")
-        if loaders == 0:
-            publish_pairs(layout.pairs_uri(cfg), {"anchor": [f"question {i}" for i in range(n)],
-                                                  "positive": [f"answer {i} " + "words " * (i % 9) for i in range(n)]})
-        args = training_arguments(cfg.train, str(tmp_path / "args"), world_size=1)
-        assert (args.dataloader_num_workers, args.dataloader_persistent_workers) == (loaders, loaders > 0)
-        summary = train_loop({"config": config_to_dict(cfg), "output_dir": str(tmp_path / f"loaders{loaders}")})
-        assert summary["step"] == 4
-        losses[loaders] = summary["train_loss"]
+    threads_before = torch.get_num_threads()
+    try:
+        for loaders in (0, 1):
+            cfg = tiny_worker_config(tmp_path, tiny_model, "train.batch_size=4", "train.max_steps=4",
+                                     f"train.dataloader_workers={loaders}", "train.cpus_per_worker=2")
+            if loaders == 0:
+                publish_pairs(layout.pairs_uri(cfg), {
+                    "anchor": [f"question {i}" for i in range(n)],
+                    "positive": [f"answer {i} " + "words " * (i % 9) for i in range(n)]})
+            args = training_arguments(cfg.train, str(tmp_path / "args"), world_size=1)
+            assert (args.dataloader_num_workers, args.dataloader_persistent_workers) == (loaders, loaders > 0)
+            summary = train_loop({"config": config_to_dict(cfg), "output_dir": str(tmp_path / f"loaders{loaders}"),
+                                  "cpus_per_worker": 2})
+            assert summary["step"] == 4 and summary["torch_threads"] == 2 - loaders
+            losses[loaders] = summary["train_loss"]
+    finally:
+        torch.set_num_threads(threads_before)  # the loop sets this process's threads, as a worker's own
     assert losses[1] == losses[0] > 0
 
 

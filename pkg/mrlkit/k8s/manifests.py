@@ -30,6 +30,7 @@ from mrlkit.config import config_to_dict
 from mrlkit.config_schema import PipelineConfig
 from mrlkit.errors import ConfigError
 from mrlkit.storage import is_s3_uri
+from mrlkit.train.resources import least_cpus
 
 STAGES = ("prepare", "train", "evaluate")
 RAY_VERSION = "2.60.0"  # the image's Ray; pyproject pins the same
@@ -193,7 +194,9 @@ def _cluster_spec(cfg: PipelineConfig, stage: str, options: JobOptions) -> dict[
     """A cluster sized for the stage: a head without work, and workers for the stage's Ray workers."""
     workers, cpus, gpus = 1, max(1, cfg.ray.num_cpus or 2), 0
     if stage == "train":
-        workers, cpus, gpus = cfg.train.num_workers, cfg.train.cpus_per_worker + 1, int(cfg.train.use_gpu)
+        # unset cpus_per_worker on a cluster: the least a worker needs (mrlkit.train.resources)
+        per_worker = cfg.train.cpus_per_worker or least_cpus(cfg.train)
+        workers, cpus, gpus = cfg.train.num_workers, per_worker + 1, int(cfg.train.use_gpu)
     elif stage == "evaluate":
         workers, gpus = cfg.evaluate.num_workers, int(cfg.evaluate.use_gpu)
     worker_resources: dict[str, Any] = {"requests": {"cpu": str(cpus), "memory": "8Gi"},

@@ -7,5 +7,7 @@
 - :mod:`mrlkit.train.worker`: the per-worker loop; runs with or without Ray.
 - :mod:`mrlkit.train.run_storage`: the filesystem Ray Train checkpoints through (local or S3).
 - :mod:`mrlkit.train.export`: best checkpoint -> sentence-transformers folder + ``mrlkit.json``.
+- :mod:`mrlkit.train.resources`: the CPUs each worker reserves (unset: a one-node Ray's free CPUs, split).
+- :mod:`mrlkit.train.local_ray`: Ray Train on a Ray of its own, without the cleaner that misfires there.
 - :mod:`mrlkit.train.launch`: ``TrainStage`` (TorchTrainer, storage, failure policy, resume, export).
 """

@@ -35,6 +35,7 @@ from mrlkit.config_schema import PipelineConfig
 from mrlkit.errors import ConfigError, MrlkitError
 from mrlkit.models import MrlMetadata, read_metadata
 from mrlkit.train.loss import check_dims
+from mrlkit.train.resources import cpus_per_worker
 from mrlkit.train.worker import best_metric_key, greater_is_better
 
 log = logging.getLogger("mrlkit.train")
@@ -112,6 +113,7 @@ class TrainStage:
         self.metric = best_metric_key(self.train)
         self.faults = crash_hooks_from_env()
         self.existing: MrlMetadata | None = None
+        self._worker_cpus: int | None = None
 
     # -- setup: every check that can fail before a worker starts --------------------------------
 
@@ -175,7 +177,8 @@ class TrainStage:
         final = {**metrics, **(result.metrics or {})}  # a no-op resume reports nothing new: fall back
         return {"run": self.cfg.run, "model": self.model_uri, "checkpoint": source, "already_finished": False,
                 "global_step": final.get("step"), "resumed_from_step": final.get("resumed_from_step"),
-                "pairs_per_s": final.get("pairs_per_s"), "best_metric": self.metric,
+                "pairs_per_s": final.get("pairs_per_s"), "cpus_per_worker": self.worker_cpus(),
+                "best_metric": self.metric,
                 "best_value": metrics.get(self.metric) if self.metric else None}
 
     def trainer(self) -> Any:
@@ -183,6 +186,7 @@ class TrainStage:
         import ray.train
         from ray.train.torch import TorchTrainer
 
+        from mrlkit.train.local_ray import LocalTorchTrainer
         from mrlkit.train.run_storage import ray_storage
         from mrlkit.train.worker import train_loop
 
@@ -192,10 +196,13 @@ class TrainStage:
             checkpoint_score_attribute=self.metric,
             checkpoint_score_order="max" if greater_is_better(self.train) else "min",
         )
-        resources = {"CPU": self.train.cpus_per_worker, **({"GPU": 1} if self.train.use_gpu else {})}
-        return TorchTrainer(
+        cpus = self.worker_cpus()
+        resources = {"CPU": cpus, **({"GPU": 1} if self.train.use_gpu else {})}
+        trainer_cls = TorchTrainer if self.on_cluster() else LocalTorchTrainer
+        return trainer_cls(
             train_loop,
-            train_loop_config={"config": config_to_dict(self.cfg), "use_ray": True, "fault": self.faults},
+            train_loop_config={"config": config_to_dict(self.cfg), "use_ray": True, "fault": self.faults,
+                               "cpus_per_worker": cpus},
             scaling_config=ray.train.ScalingConfig(num_workers=self.train.num_workers, use_gpu=self.train.use_gpu,
                                                    resources_per_worker=resources),
             run_config=ray.train.RunConfig(
@@ -204,6 +211,19 @@ class TrainStage:
                 checkpoint_config=checkpointing,
             ),
         )
+
+    def on_cluster(self) -> bool:
+        """Whether this stage joins a Ray cluster (``ray.address`` or ``RAY_ADDRESS``) rather than its own Ray."""
+        return bool(self.cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+
+    def worker_cpus(self) -> int:
+        """The CPUs each worker reserves, resolved once on the initialised Ray (``mrlkit.train.resources``)."""
+        if self._worker_cpus is None:
+            import ray
+
+            self._worker_cpus, why = cpus_per_worker(self.train, ray)
+            log.info("train: each worker reserves %d CPU(s) (%s)", self._worker_cpus, why)
+        return self._worker_cpus
 
     def _fit(self) -> Any:
         import ray.train
@@ -224,7 +244,7 @@ class TrainStage:
 
     def _check_resources(self, ray: Any) -> None:
         """A local Ray never grows: refuse a worker group it cannot hold instead of waiting for it forever."""
-        need = {"CPU": self.train.num_workers * self.train.cpus_per_worker}
+        need = {"CPU": self.train.num_workers * self.worker_cpus()}
         if self.train.use_gpu:
             need["GPU"] = self.train.num_workers
         have = ray.cluster_resources()
@@ -232,11 +252,11 @@ class TrainStage:
         if not short:
             return
         what = ", ".join(f"{v} {k} (the cluster has {h:g})" for k, (v, h) in short.items())
-        if self.cfg.ray.address or os.environ.get("RAY_ADDRESS"):
+        if self.on_cluster():
             log.warning("train: the worker group needs %s; waiting for the cluster to scale up", what)
             return
         raise ConfigError(f"train.num_workers={self.train.num_workers} x train.cpus_per_worker="
-                          f"{self.train.cpus_per_worker} needs {what} on this local Ray; lower them or raise "
+                          f"{self.worker_cpus()} needs {what} on this local Ray; lower them or raise "
                           f"ray.num_cpus")
 
     def _choose_checkpoint(self, result: Any) -> tuple[Any, dict[str, Any]]:

@@ -207,8 +207,9 @@ def download_checkpoint(checkpoint: Any, into: Path) -> Path:
     return hf_checkpoint
 
 
-def _log_to_stderr() -> None:
-    """Ray worker processes start with no handler for ``mrlkit`` loggers; progress lines must still show."""
+def _worker_logging() -> None:
+    """Ray worker processes start with no handler for ``mrlkit`` loggers; progress lines must still show,
+    and they replace Ray Train's own line per report."""
     logger = logging.getLogger("mrlkit")
     if not logger.handlers:
         handler = logging.StreamHandler()
@@ -216,13 +217,21 @@ def _log_to_stderr() -> None:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
+    try:  # Ray Train logs each report's metrics as one long line (its logger is named by its file's path);
+        # the progress line says the same readably, so the driver's log keeps one line per log step
+        from ray.train.v2._internal.execution import context as ray_train_context
+
+        logging.getLogger(ray_train_context.__file__).setLevel(logging.WARNING)
+    except ImportError:
+        pass
 
 
 def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
     """Train on this worker. ``loop_config``: ``config`` (the pipeline config as plain data), optional
     ``use_ray`` (report to Ray Train, resume from its checkpoint), ``output_dir`` (local scratch),
-    ``resume_from`` (a local Hugging Face checkpoint folder, without Ray), ``fault`` (test hook: a list
-    of crash specs, or one).
+    ``resume_from`` (a local Hugging Face checkpoint folder, without Ray), ``cpus_per_worker`` (the CPUs
+    reserved for this worker: a CPU worker computes on them), ``fault`` (test hook: a list of crash specs,
+    or one).
 
     Returns the final metrics (every rank; only rank 0's reach the Ray checkpoint).
     """
@@ -238,12 +247,17 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
         avoid_cudnn_attention()
     use_ray = bool(loop_config.get("use_ray"))
     if use_ray:
-        _log_to_stderr()
+        _worker_logging()
     if train.dataloader_workers:
         # the loaders are forked from this process; a Rust tokenizer that already ran threads here would
         # deadlock in them (Hugging Face tokenizers warns and turns its threads off): keep them off
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     rank, world_size, ray_checkpoint = _ray_context() if use_ray else (0, 1, None)
+    cpus = loop_config.get("cpus_per_worker")
+    if cpus and not train.use_gpu:
+        # the CPUs Ray reserved for this worker, less one per loader process: said here, not left to
+        # whatever OMP_NUM_THREADS the launcher happened to set
+        torch.set_num_threads(max(1, cpus - train.dataloader_workers))
     torch.manual_seed(train.seed)
     own_scratch = not loop_config.get("output_dir")
     scratch = Path(loop_config.get("output_dir") or tempfile.mkdtemp(prefix="mrlkit-train-"))
@@ -303,7 +317,7 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
                    "train_seconds": 0.0, "world_size": world_size, "best_metric": None, "output_dir": str(output_dir)}
         return summary
     summary = {**progress.progress(trainer.state), "train_loss": result.training_loss,
-               "train_seconds": round(seconds, 2), "world_size": world_size,
+               "train_seconds": round(seconds, 2), "world_size": world_size, "torch_threads": torch.get_num_threads(),
                "best_metric": trainer.state.best_metric, "output_dir": str(output_dir)}
     if rank == 0:
         log.info("train: worker done: %s", summary)
