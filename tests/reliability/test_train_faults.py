@@ -1,4 +1,5 @@
-"""Training faults: the S3 endpoint goes away mid-run, the worker dies again and again, the driver is killed.
+"""Training faults: the S3 endpoint goes away mid-run, the worker dies again and again, the driver is killed,
+another Ray starts and stops on the machine.
 
 Each fault must end in a finished, exported run whose checkpoints are complete, and
 cost no more than one checkpoint interval of training per crash. Tiny random-init
@@ -269,7 +270,6 @@ def test_killed_driver_resumes_when_the_same_command_runs_again(tmp_path, tiny_m
             "group once its first checkpoint was recorded; the same command resumed from the checkpoint and "
             "exported, a third run reported the existing result", 1, 0,
             checkpoint_step_at_kill=killed_at, resumed_from_step=resumed["resumed_from_step"])
-
 
 
 # -- 4. another Ray starts and stops on the same machine during a run -------------------------------------------
