@@ -287,7 +287,7 @@ def wait_for_file(path: Path, timeout_s: float) -> None:
 
 
 @pytest.mark.slow
-def test_another_ray_on_the_machine_does_not_stop_a_local_run(ray_local, tmp_path):
+def test_another_ray_on_the_machine_does_not_stop_a_local_run(ray_local, tmp_path, figures):
     """With Ray's own trainer on a Ray of our own, Ray Train's placement-group cleaner asked the state API of a
     Ray started beside it about its controller, was told it did not exist, and removed the live run's workers
     (mrlkit.train.local_ray; reproduced by hand with Ray's TorchTrainer). The stage's local trainer has no
@@ -326,3 +326,5 @@ def test_another_ray_on_the_machine_does_not_stop_a_local_run(ray_local, tmp_pat
     result = trainer.fit()  # a removed placement group kills the worker: with no failures allowed, fit raises
     beside.join(timeout=60)
     assert result.error is None and other_gone.exists()
+    figures("fault.another_ray_beside_a_local_run", "a second Ray (with a dashboard, so a state API) started and "
+            "stopped on the machine while a local run allowing no failures trained", 1, 0)
