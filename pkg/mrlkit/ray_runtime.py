@@ -32,6 +32,11 @@ def worker_env() -> dict[str, str]:
     return {k: os.environ[k] for k in STORAGE_ENV_VARS if os.environ.get(k)}
 
 
+def cluster_address(cfg: RayConfig) -> str | None:
+    """The Ray cluster a stage joins (``ray.address``, else ``RAY_ADDRESS``); None: it starts a Ray of its own."""
+    return cfg.address or os.environ.get("RAY_ADDRESS") or None
+
+
 def init_ray(cfg: RayConfig) -> Any:
     """Connect to ``cfg.address`` / ``RAY_ADDRESS``, or start a local Ray; a no-op if already connected.
 
@@ -43,7 +48,7 @@ def init_ray(cfg: RayConfig) -> Any:
 
     if ray.is_initialized():
         return ray
-    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    address = cluster_address(cfg)
     inside_submitted_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ  # set by Ray's job manager
     kwargs: dict[str, Any] = {"log_to_driver": True}
     if address and not inside_submitted_job:

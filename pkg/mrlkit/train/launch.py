@@ -214,7 +214,9 @@ class TrainStage:
 
     def on_cluster(self) -> bool:
         """Whether this stage joins a Ray cluster (``ray.address`` or ``RAY_ADDRESS``) rather than its own Ray."""
-        return bool(self.cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+        from mrlkit.ray_runtime import cluster_address
+
+        return cluster_address(self.cfg.ray) is not None
 
     def worker_cpus(self) -> int:
         """The CPUs each worker reserves, resolved once on the initialised Ray (``mrlkit.train.resources``)."""

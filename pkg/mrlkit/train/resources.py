@@ -20,16 +20,16 @@ def least_cpus(train: TrainConfig) -> int:
     return 1 + train.dataloader_workers
 
 
-def auto_cpus_per_worker(train: TrainConfig, alive_node_cpus: list[float], free_cpus: float) -> tuple[int, str]:
+def auto_cpus_per_worker(train: TrainConfig, alive_nodes: int, free_cpus: float) -> tuple[int, str]:
     """CPUs per worker when ``train.cpus_per_worker`` is unset, and why (for the log).
 
-    ``alive_node_cpus``: each alive Ray node's CPUs; ``free_cpus``: the CPUs free in the cluster now.
+    ``alive_nodes``: how many Ray nodes are alive; ``free_cpus``: the CPUs free in the cluster now.
     """
     least = least_cpus(train)
     if train.use_gpu:
         return least, "GPU workers"
-    if len(alive_node_cpus) != 1:
-        return least, (f"a cluster of {len(alive_node_cpus)} nodes: set train.cpus_per_worker to the CPUs a "
+    if alive_nodes != 1:
+        return least, (f"a cluster of {alive_nodes} nodes: set train.cpus_per_worker to the CPUs a "
                        "worker node can give")
     share = int(free_cpus // train.num_workers)
     return max(least, share), f"the {free_cpus:g} free CPUs of this Ray node over {train.num_workers} worker(s)"
@@ -39,6 +39,5 @@ def cpus_per_worker(train: TrainConfig, ray: Any) -> tuple[int, str]:
     """The CPUs each worker reserves on this (initialised) Ray, and why."""
     if train.cpus_per_worker is not None:
         return train.cpus_per_worker, "train.cpus_per_worker"
-    nodes = [node for node in ray.nodes() if node.get("Alive")]
-    return auto_cpus_per_worker(train, [node.get("Resources", {}).get("CPU", 0.0) for node in nodes],
-                                ray.available_resources().get("CPU", 0.0))
+    alive = sum(1 for node in ray.nodes() if node.get("Alive"))
+    return auto_cpus_per_worker(train, alive, ray.available_resources().get("CPU", 0.0))
