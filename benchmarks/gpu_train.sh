@@ -32,13 +32,13 @@ bench() {  # name, timeout seconds, args...
 what=${1:-all}
 # speed levers side by side on the seed dataset's token lengths, one epoch of 3.2k pairs
 # (worker+unfused: the seed's per-dim MatryoshkaLoss; worker: the fused loss; +merge: one encoder pass per step;
-#  +loaders: batches tokenized in a loader process)
+#  +loaders: batches tokenized in a loader process; +nodropout: train.dropout=0)
 [[ $what == all || $what == levers ]] && bench train_gpu_levers 450 --lengths financial --seq-len 512 --pairs 3200 \
   --epochs 1 --repeats 2 \
-  --modes plain,plain+nocudnn,worker+unfused,worker,worker+merge,worker+merge+loaders,worker+bucket+merge,worker+bucket
+  --modes plain,plain+nocudnn,worker+unfused,worker,worker+merge,worker+merge+loaders,worker+bucket+merge,worker+bucket,worker+merge+nodropout
 # the full seed recipe, 6.3k pairs x 4 epochs (plain with cuDNN attention takes ~5 min: see levers for it)
 [[ $what == all || $what == recipe ]] && bench train_gpu_recipe 500 --lengths financial --seq-len 512 --pairs 6300 \
-  --epochs 4 --repeats 1 --modes worker,worker+merge+loaders,worker+bucket+merge+loaders
+  --epochs 4 --repeats 1 --modes worker,worker+merge+loaders,worker+bucket+merge+loaders+nodropout
 # the compute-bound case: every text 256 tokens
 [[ $what == all || $what == full ]] && bench train_gpu_full256 100 --lengths full --seq-len 256 --pairs 2048 \
   --epochs 1 --repeats 2 --modes plain,plain+nocudnn,worker,worker+merge

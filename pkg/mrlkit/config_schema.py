@@ -268,6 +268,7 @@ class TrainConfig:
     max_train_pairs: int | None = None
     length_bucketing: bool = False
     compile: bool = False
+    dropout: float | None = None  # None: the model's own probabilities (mrlkit.train.dropout)
 
     def __post_init__(self) -> None:
         dims = self.matryoshka_dims
@@ -328,6 +329,8 @@ class TrainConfig:
         _positive("max_train_pairs", self.max_train_pairs)
         if self.precision in ("bf16", "fp16") and not self.use_gpu:
             raise Problem("precision", f"{self.precision!r} needs use_gpu: true; use 'auto' or 'fp32' on CPU")
+        if self.dropout is not None:
+            _fraction("dropout", self.dropout, high_open=True)
 
 
 @dataclass(frozen=True)

@@ -64,12 +64,15 @@ def test_worker_loop_trains_triplets_with_cached_loss_without_ray(tmp_path, tiny
     assert not Path(again["output_dir"], "checkpoint-3").exists()
 
 
-def test_worker_loop_with_length_bucketing_and_compiled_blocks(tmp_path, tiny_model, caplog):
-    """The GPU speed levers run on CPU too: bucketed batches, each encoder block through torch.compile."""
+def test_worker_loop_with_length_bucketing_compiled_blocks_and_no_dropout(tmp_path, tiny_model, caplog):
+    """The speed levers together: bucketed batches, each encoder block through torch.compile, dropout 0.
+    The checkpoint's config keeps the base model's dropout (only the training modules change)."""
+    import json
     import logging
 
     cfg = tiny_worker_config(tmp_path, tiny_model, "train.batch_size=4", "train.max_steps=3",
-                             "train.learning_rate=1e-3", "train.length_bucketing=true", "train.compile=true")
+                             "train.learning_rate=1e-3", "train.length_bucketing=true", "train.compile=true",
+                             "train.dropout=0.0")
     n = 16
     publish_pairs(layout.pairs_uri(cfg), {
         "anchor": [f"question {i}" for i in range(n)],
@@ -79,6 +82,9 @@ def test_worker_loop_with_length_bucketing_and_compiled_blocks(tmp_path, tiny_mo
         summary = train_loop({"config": config_to_dict(cfg), "output_dir": str(tmp_path / "out")})
     assert summary["step"] == 3 and summary["train_loss"] > 0
     assert "compiles 2 transformer blocks" in caplog.text
+    assert "sets 7 dropout layers to p=0.0" in caplog.text
+    saved = json.loads(Path(summary["output_dir"], "checkpoint-3", "config.json").read_text())
+    assert saved["hidden_dropout_prob"] == 0.1 and saved["attention_probs_dropout_prob"] == 0.1
 
 
 def test_a_nan_loss_reaches_the_log(tmp_path):

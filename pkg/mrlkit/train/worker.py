@@ -267,6 +267,11 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
     model = SentenceTransformer(resolve_model(train.base_model), device="cpu")
     if train.max_seq_length:
         model.max_seq_length = train.max_seq_length
+    if train.dropout is not None:
+        from mrlkit.train.dropout import set_dropout
+
+        log.info("train: worker %d sets %d dropout layers to p=%s", rank, set_dropout(model, train.dropout),
+                 train.dropout)
     if train.compile:
         from mrlkit.train.regional_compile import compile_blocks
 
