@@ -270,8 +270,12 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
     if train.dropout is not None:
         from mrlkit.train.dropout import set_dropout
 
-        log.info("train: worker %d sets %d dropout layers to p=%s", rank, set_dropout(model, train.dropout),
-                 train.dropout)
+        changed = set_dropout(model, train.dropout)
+        if changed:
+            log.info("train: worker %d sets %d dropout layers to p=%s", rank, changed, train.dropout)
+        else:
+            log.warning("train: worker %d: train.dropout=%s changes nothing: %s has no dropout layer or "
+                        "attention_dropout to set", rank, train.dropout, train.base_model)
     if train.compile:
         from mrlkit.train.regional_compile import compile_blocks
 
