@@ -196,8 +196,6 @@ def main() -> int:
                              "(--model-shape launch, short texts): its steps are then mostly the host's work")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_step_profile.json"))
     args = parser.parse_args()
-    import dataclasses
-
     import torch
 
     from mrlkit.models import avoid_cudnn_attention, init_random_model
@@ -219,7 +217,7 @@ def main() -> int:
     cfg = tt.pipeline_config(ns, work, model_dir, run="profile")
     # the same step with no trainer around it: the floor loss, the seed's per-dim MatryoshkaLoss, mrlkit's fused
     # one; the trainer's own cost is its step less the bare step with the same loss
-    seed_loss = dataclasses.replace(cfg.train, fused_loss=False, merge_columns=False)
+    seed_loss = tt.seed_loss_config(cfg.train)
     variants = (("mnrl_full_dim", None, None), ("seed_loss", seed_loss, None), ("mrlkit_loss", cfg.train, None),
                 ("mrlkit_loss_no_dropout", cfg.train, 0.0))
     bare = {name: bare_steps(model_dir, anchors, positives, args.batch_size, 30, device, loss_cfg, dropout)

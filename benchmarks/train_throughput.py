@@ -14,8 +14,7 @@ Same synthetic pairs, batch size, sequence length and model in every mode, one p
   speed levers on: ``worker+bucket`` (``train.length_bucketing``), ``worker+compile`` (``train.compile``),
   ``worker+merge`` (``train.merge_columns``), ``worker+loaders`` (``train.dataloader_workers=1``: batches
   tokenized in a loader process), ``worker+nodropout`` (``train.dropout=0``), or its fused loss off:
-  ``worker+unfused``; combine them as
-  ``worker+bucket+merge``.
+  ``worker+unfused``; combine them as ``worker+bucket+merge``.
 
 ``--model-shape launch`` is bge-base's 12 layers at width 24: with short texts and small batches it
 computes little, so on a CPU its step is mostly the host's work (dispatch, tokenization, the trainer), a
@@ -150,6 +149,11 @@ def pipeline_config(args: argparse.Namespace, root: Path, model_dir: str, run: s
     return load_config(None, overrides)
 
 
+def seed_loss_config(train: Any) -> Any:
+    """``train`` with the library's own per-dim MatryoshkaLoss, as the seed trained (no fused loss, no merging)."""
+    return dataclasses.replace(train, fused_loss=False, merge_columns=False)
+
+
 def seed_trainer(cfg: Any, out_dir: Path, *, max_steps: int | None = None, callbacks: list[Any] | None = None,
                  mrlkit_settings: bool = False) -> Any:
     """The seed's trainer: sentence-transformers alone, one process, the library's per-dim MatryoshkaLoss and
@@ -170,8 +174,7 @@ def seed_trainer(cfg: Any, out_dir: Path, *, max_steps: int | None = None, callb
         args.logging_nan_inf_filter = True  # the library's default, as the seed ran (mrlkit turns it off)
     if max_steps is not None:
         args.max_steps = max_steps
-    library_loss = dataclasses.replace(cfg.train, fused_loss=False, merge_columns=False)
-    loss_cfg = cfg.train if mrlkit_settings else library_loss
+    loss_cfg = cfg.train if mrlkit_settings else seed_loss_config(cfg.train)
     return SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, callbacks=callbacks,
                                       loss=build_loss(model, loss_cfg, distributed=False))
 
