@@ -79,6 +79,18 @@ def test_chunk_size_clamped_to_the_model_with_a_warning(caplog):
     assert effective_limits(MODEL, 128, 16) == (128, 16)
 
 
+def test_chunk_size_clamped_to_the_training_sequence_length(caplog):
+    # The fine-tuned model is trained and exported with train.max_seq_length: a longer chunk's tail is never read.
+    with caplog.at_level(logging.WARNING):
+        assert effective_limits(MODEL, 192, 24, max_seq_length=128) == (126, 24)
+    assert "chunk_tokens=192" in caplog.text and "train.max_seq_length=128" in caplog.text
+    assert "126 content tokens" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # a longer training length than the model's own lifts its limit
+        assert effective_limits(MODEL, 400, 24, max_seq_length=512) == (400, 24)
+    assert caplog.text == ""
+
+
 def test_bad_chunker_arguments(tokenizer):
     with pytest.raises(ValueError, match="max_tokens"):
         Chunker(tokenizer, 4)
@@ -97,3 +109,14 @@ def test_model_limits_are_read_without_importing_transformers(tiny_model, tmp_pa
     tokenizer = load_tokenizer(str(bare))  # transformers' own answer
     limit = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else 512
     assert out == ["254", str(limit - tokenizer.num_special_tokens_to_add(pair=False)), "False"]
+
+
+def test_prepare_chunks_to_the_training_sequence_length():
+    from mrlkit.config import load_config
+    from mrlkit.pairs.stage import shard_options
+
+    cfg = load_config(None, ["name=x", "corpus.chunk_tokens=192", f"train.base_model={MODEL}"])
+    assert shard_options(cfg).max_tokens == 192
+    shorter = load_config(None, ["name=x", "corpus.chunk_tokens=192", f"train.base_model={MODEL}",
+                                 "train.max_seq_length=64"])
+    assert shard_options(shorter).max_tokens == 62

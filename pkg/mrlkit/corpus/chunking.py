@@ -1,10 +1,10 @@
 """Token-aware chunking with the target model's own tokenizer.
 
 A chunk holds at most ``max_tokens`` content tokens (special tokens excluded), and
-``max_tokens`` never exceeds what the model reads (its max sequence length minus
-its special tokens). Cuts prefer, in order: paragraph breaks, line breaks,
-sentence ends, then any word start, looking back no further than half a chunk, so
-a chunk is never tiny. Overlap restarts the next chunk at the earliest sentence
+``max_tokens`` never exceeds what the model reads (its max sequence length, or
+``train.max_seq_length`` when set, minus its special tokens). Cuts prefer, in
+order: paragraph breaks, line breaks, sentence ends, then any word start, looking
+back no further than half a chunk, so a chunk is never tiny. Overlap restarts the next chunk at the earliest sentence
 start (else word start) within the last ``overlap_tokens`` tokens.
 
 Cuts fall only on word starts, so re-tokenising a chunk's text gives the same
@@ -66,8 +66,11 @@ def load_backend(model_ref: str) -> Any:
     return load_tokenizer(model_ref).backend_tokenizer
 
 
-def model_max_tokens(model_ref: str) -> int:
+def model_max_tokens(model_ref: str, max_seq_length: int | None = None) -> int:
     """Content tokens the model reads: its max sequence length minus the special tokens it adds.
+
+    ``max_seq_length`` (``train.max_seq_length``) replaces the model's own: the fine-tuned model is trained and
+    exported with it, so it is also what the served model reads of a chunk.
 
     Read from the model's files and its Rust tokenizer (:func:`load_backend`): ``prepare``'s driver then never
     imports transformers, which brings torch with it (~230 MB of the driver's memory, for two numbers).
@@ -75,7 +78,7 @@ def model_max_tokens(model_ref: str) -> int:
     from mrlkit.models import resolve_model
 
     folder = Path(resolve_model(model_ref))
-    max_seq = _json_field(folder / "sentence_bert_config.json", "max_seq_length")
+    max_seq = max_seq_length or _json_field(folder / "sentence_bert_config.json", "max_seq_length")
     if not max_seq:
         limit = _json_field(folder / "tokenizer_config.json", "model_max_length")
         max_seq = limit if isinstance(limit, int) and limit < 1_000_000 else 512
@@ -88,13 +91,20 @@ def _json_field(path: Path, name: str) -> Any:
     return json.loads(path.read_text()).get(name) if path.is_file() else None
 
 
-def effective_limits(model_ref: str, chunk_tokens: int, overlap_tokens: int) -> tuple[int, int]:
-    """Clamp chunk size to the model (with a warning), and the overlap to under half a chunk."""
-    limit = model_max_tokens(model_ref)
+def effective_limits(model_ref: str, chunk_tokens: int, overlap_tokens: int,
+                     max_seq_length: int | None = None) -> tuple[int, int]:
+    """Clamp chunk size to what the model reads (with a warning), and the overlap to under half a chunk.
+
+    A longer chunk would be cut short by the model in training, in evaluation and when served: its tail would be
+    silently unsearchable, and a synthetic query taken from the tail a pair the model cannot learn.
+    """
+    limit = model_max_tokens(model_ref, max_seq_length)
     size = chunk_tokens
     if chunk_tokens > limit:
-        log.warning("corpus.chunk_tokens=%d is over what %s reads (%d content tokens); using %d",
-                    chunk_tokens, model_ref, limit, limit)
+        reader = f"train.max_seq_length={max_seq_length} lets {model_ref} read" if max_seq_length \
+            else f"{model_ref} reads"
+        log.warning("corpus.chunk_tokens=%d is over what %s (%d content tokens); using %d",
+                    chunk_tokens, reader, limit, limit)
         size = limit
     overlap = overlap_tokens
     if overlap > size // 2:

@@ -51,7 +51,8 @@ def shard_options(cfg: PipelineConfig) -> ShardOptions:
         from mrlkit.corpus.chunking import effective_limits
 
         tokenizer = cfg.corpus.tokenizer or cfg.train.base_model
-        max_tokens, overlap = effective_limits(tokenizer, cfg.corpus.chunk_tokens, cfg.corpus.chunk_overlap_tokens)
+        max_tokens, overlap = effective_limits(tokenizer, cfg.corpus.chunk_tokens, cfg.corpus.chunk_overlap_tokens,
+                                               cfg.train.max_seq_length)
     wants_cloze = cfg.pairs.source == "synthetic" and "inverse_cloze" in cfg.pairs.synthetic.methods
     return ShardOptions(cfg.corpus, tokenizer, max_tokens, overlap, cfg.corpus.dedupe == "near",
                         cfg.pairs.synthetic if wants_cloze else None, cfg.pairs.split.seed)
