@@ -193,7 +193,8 @@ class SplitConfig:
     """Train/test split without leakage.
 
     ``mode: group`` splits whole groups (documents, or the ``corpus.columns.group``
-    column) so no chunk is on both sides. ``mode: reference`` reproduces the
+    column) so no chunk is on both sides; ``test_fraction`` of the chunks, as nearly
+    as whole groups allow, are test. ``mode: reference`` reproduces the
     financial benchmark split of DESIGN.md exactly: drop empty questions,
     shuffle rows with ``random.Random(seed)``, first ``test_fraction`` is test.
     """

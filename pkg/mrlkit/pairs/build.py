@@ -225,7 +225,7 @@ def _groups(cfg: PipelineConfig, chunks: ChunkTable, among: set[int] | None = No
         if j != i:  # identical text under two groups (dedupe off): the groups must stay together
             uf.union(labels[i], labels[j])
     comp = [uf.find(label) for label in labels]
-    live = {comp[i] for i in range(len(comp)) if chunks.keep[i] and (among is None or i in among)}
+    live = Counter(comp[i] for i in range(len(comp)) if chunks.keep[i] and (among is None or i in among))
     return comp, pick_test_groups(live, cfg.pairs.split.test_fraction, cfg.pairs.split.seed)
 
 

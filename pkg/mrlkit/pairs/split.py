@@ -2,8 +2,11 @@
 
 ``group``: every pair carries a group (the ``corpus.columns.group`` value, else its
 document id); groups that share a chunk (a duplicate, or identical text) are merged
-first, then whole groups are shuffled with ``random.Random(seed)`` and the first
-``test_fraction`` of them are test. No chunk and no group is on both sides.
+first, then whole groups are shuffled with ``random.Random(seed)`` and taken, in that
+order, onto the test side until it holds ``test_fraction`` of the chunks, as nearly as
+whole groups allow. No chunk and no group is on both sides. Counting chunks, not
+groups, matters when merging makes one group large: a tenth of the groups could
+otherwise be a third of the pairs.
 
 ``reference``: the financial benchmark split of DESIGN.md, exactly: rows with an
 empty question are dropped, the rows are shuffled with ``random.Random(seed)``, the
@@ -13,7 +16,7 @@ first ``int(n * test_fraction)`` are test (6,998 rows -> 699 test, 6,299 train).
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
 from mrlkit.errors import MrlkitError
@@ -42,15 +45,30 @@ class UnionFind:
             self.parent[high] = low
 
 
-def pick_test_groups(groups: Iterable[str], test_fraction: float, seed: int) -> set[str]:
-    """The groups on the test side: shuffled (seeded) from sorted order, at least one on each side."""
-    ordered = sorted(set(groups))
+def pick_test_groups(sizes: Mapping[str, int], test_fraction: float, seed: int) -> set[str]:
+    """The groups on the test side, given each group's size in chunks.
+
+    Groups are shuffled (seeded) from sorted order, then taken in turn while that brings the test side nearer
+    ``test_fraction`` of all chunks; a group that would overshoot by more than the side still lacks is skipped.
+    Each side gets at least one group.
+    """
+    ordered = sorted(sizes)
     if len(ordered) < 2:
         raise MrlkitError(f"a group split needs at least 2 groups (documents or corpus.columns.group values), "
                           f"found {len(ordered)}; add documents or use pairs.split.mode: reference")
     random.Random(seed).shuffle(ordered)
-    n_test = min(len(ordered) - 1, max(1, round(len(ordered) * test_fraction)))
-    return set(ordered[:n_test])
+    target = test_fraction * sum(sizes.values())
+    test: list[str] = []
+    held = 0
+    for group in ordered:
+        if held + sizes[group] - target < target - held:
+            test.append(group)
+            held += sizes[group]
+    if not test:  # every group alone overshoots by more than the target: the smallest one, first in the shuffle
+        test.append(min(ordered, key=lambda group: sizes[group]))
+    if len(test) == len(ordered):  # a test_fraction over a half can take every group: the last goes back to train
+        test.pop()
+    return set(test)
 
 
 def reference_split(rows: Sequence[T], test_fraction: float, seed: int) -> tuple[list[T], list[T]]:
