@@ -93,3 +93,28 @@ def test_compile_finds_the_encoder_blocks_and_refuses_a_model_without_any(tiny_m
     assert [type(b).__name__ for b in blocks] == ["BertLayer", "BertLayer"]
     with pytest.raises(ValueError, match="no repeated transformer blocks.*train.compile: false"):
         compile_blocks(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()))
+
+
+def test_batches_short_of_distinct_texts_are_drawn_again_to_the_expected_count(caplog):
+    # A fifth of the pairs share one context: one pass cannot put them all in full batches, and drop_last (forced
+    # under DDP) drops the partial ones. The trainer's schedule and progress count len(sampler) steps an epoch.
+    import logging
+
+    import torch
+
+    ds = pairs_dataset(320, duplicate_every=5)
+    sampler = LengthBucketedBatchSampler(ds, batch_size=32, drop_last=True, seed=1)
+    first_pass = sampler._one_pass(torch.Generator().manual_seed(1))  # epoch 0's generator: seed + epoch
+    assert len(first_pass) < len(sampler) == 10
+    with caplog.at_level(logging.WARNING, logger="mrlkit.train.sampler"):
+        batches = list(sampler)
+        sampler.set_epoch(1)
+        again = list(sampler)
+    assert len(batches) == len(again) == 10 and all(len(b) == 32 for b in batches)
+    for b in batches:
+        texts = [ds[c][i] for i in b for c in ds.column_names]
+        assert len(texts) == len(set(texts))
+    assert all(b in batches for b in first_pass)  # the first pass's batches stay; the rest are added
+    assert caplog.text.count("length bucketing: one pass over the pairs made") == 1
+    assert f"made {len(first_pass)} of 10 full batches" in caplog.text
+    assert list(sampler) == again  # the same epoch replays the same batches, resampled ones included

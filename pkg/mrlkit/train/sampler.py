@@ -8,10 +8,13 @@ into one batch removes most of that waste; the pairs seen per epoch do not chang
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 from sentence_transformers.base.sampler import BatchSamplers, DefaultBatchSampler
+
+log = logging.getLogger(__name__)
 
 
 class LengthBucketedBatchSampler(DefaultBatchSampler):
@@ -22,8 +25,9 @@ class LengthBucketedBatchSampler(DefaultBatchSampler):
     total text length and fill batches in that order. A row whose text already appears in
     the batch being filled (an in-batch negative equal to a positive would be a false
     negative) moves on to the next batch. Rows left over at the end are batched the same way.
-    The batch order is shuffled last, so the length of a batch does not follow a trend
-    through the epoch.
+    With ``drop_last``, batches that such rows leave short are made up from further passes, so
+    an epoch has ``len(self)`` batches as the trainer expects. The batch order is shuffled
+    last, so the length of a batch does not follow a trend through the epoch.
 
     Args:
         dataset: a ``datasets.Dataset`` of text columns (label columns are ignored).
@@ -39,12 +43,14 @@ class LengthBucketedBatchSampler(DefaultBatchSampler):
     """
 
     WINDOW_BATCHES = 16  # 16 x 32 pairs: enough to find similar lengths, still a random mix of topics
+    MAX_RESAMPLE_PASSES = 4  # bounds the work when texts repeat so much that full batches are rare
 
     def __init__(self, dataset: Any, batch_size: int, drop_last: bool, valid_label_columns: list[str] | None = None,
                  generator: Any = None, seed: int = 0) -> None:
         super().__init__(dataset, batch_size=batch_size, drop_last=drop_last, valid_label_columns=valid_label_columns,
                          generator=generator, seed=seed)
         columns = [c for c in dataset.column_names if c not in set(valid_label_columns or [])]
+        self._warned = False
         # Per row, the hashes of its texts (equal texts, equal hashes; within one process, which is all a
         # sampler needs) and its total length: a few ints per row instead of a second copy of every text.
         self._hashes: list[list[int]] = []
@@ -95,11 +101,10 @@ class LengthBucketedBatchSampler(DefaultBatchSampler):
                 batches.append(([index], set(texts)))
         return [b for b, _ in batches]
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def _one_pass(self, generator: Any) -> list[list[int]]:
+        """Batches of one shuffled pass over every row (only full ones with ``drop_last``), in length order."""
         import torch
 
-        generator = torch.Generator()
-        generator.manual_seed(int(self.seed) + int(self.epoch))
         order = torch.randperm(len(self._lengths), generator=generator).tolist()
         window = self.batch_size * self.WINDOW_BATCHES
         batches: list[list[int]] = []
@@ -111,6 +116,32 @@ class LengthBucketedBatchSampler(DefaultBatchSampler):
         batches += self._leftover_batches(carried)
         if self.drop_last:
             batches = [b for b in batches if len(b) == self.batch_size]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        import torch
+
+        generator = torch.Generator()
+        generator.manual_seed(int(self.seed) + int(self.epoch))
+        batches = self._one_pass(generator)
+        expected = len(self)
+        if self.drop_last and len(batches) < expected:
+            # Rows that share a text cannot all go into full batches, and drop_last drops the partial ones. The
+            # trainer sized its schedule and progress by len(self), so the missing batches are drawn from further
+            # passes (as sentence-transformers' NoDuplicatesBatchSampler does): a few rows are seen twice.
+            first_pass = len(batches)
+            for _ in range(self.MAX_RESAMPLE_PASSES):
+                batches += self._one_pass(generator)[:expected - len(batches)]
+                if len(batches) == expected:
+                    break
+            if not self._warned:  # once: every epoch of the same data falls short alike
+                self._warned = True
+                log.warning("length bucketing: one pass over the pairs made %d of %d full batches (some pairs share "
+                            "a text); %d more drawn from further passes, so up to %.1f%% of an epoch's pairs are "
+                            "repeats%s", first_pass, expected, len(batches) - first_pass,
+                            100 * (len(batches) - first_pass) / expected,
+                            "" if len(batches) == expected else
+                            f"; still {expected - len(batches)} short: too few distinct texts for this batch size")
         for i in torch.randperm(len(batches), generator=generator).tolist():
             yield batches[i]
 
