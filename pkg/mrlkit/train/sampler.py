@@ -131,7 +131,9 @@ class LengthBucketedBatchSampler(DefaultBatchSampler):
             # passes (as sentence-transformers' NoDuplicatesBatchSampler does): a few rows are seen twice.
             first_pass = len(batches)
             for _ in range(self.MAX_RESAMPLE_PASSES):
-                batches += self._one_pass(generator)[:expected - len(batches)]
+                extra = self._one_pass(generator)  # in length order within each window, so drawn at random
+                picks = torch.randperm(len(extra), generator=generator)[:expected - len(batches)].tolist()
+                batches += [extra[i] for i in picks]
                 if len(batches) == expected:
                     break
             if not self._warned:  # once: every epoch of the same data falls short alike
