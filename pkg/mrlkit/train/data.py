@@ -8,10 +8,13 @@ extra texts).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from mrlkit import layout, storage
 from mrlkit.errors import MrlkitError
+
+log = logging.getLogger(__name__)
 
 
 class PairsError(MrlkitError):
@@ -36,6 +39,7 @@ def load_train_dataset(pairs_uri: str, max_pairs: int | None = None) -> Any:
         raise PairsError(f"no training pairs: {exc}") from None
     table = table.select(text_columns(table.column_names))
     if max_pairs is not None and table.num_rows > max_pairs:
+        log.info("train: the first %d of %d training pairs (train.max_train_pairs)", max_pairs, table.num_rows)
         table = table.slice(0, max_pairs)
     if table.num_rows == 0:
         raise PairsError(f"{storage.join(pairs_uri, 'train')}: no training pairs (0 rows)")
