@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from mrlkit.errors import MrlkitError
-from mrlkit.testing.s3_server import free_port
+from mrlkit.testing.s3_server import free_ports
 
 
 class LocalRayHead:
@@ -32,8 +32,9 @@ class LocalRayHead:
                  dashboard_port: int | None = None):
         self.state_dir = Path(state_dir).resolve()
         self.num_cpus = num_cpus
-        self.port = port or free_port()
-        self.dashboard_port = dashboard_port or free_port()
+        picked = iter(free_ports(2, avoid={p for p in (port, dashboard_port) if p}))
+        self.port = port or next(picked)
+        self.dashboard_port = dashboard_port or next(picked)
         self.pgid: int | None = None
 
     @property
@@ -55,11 +56,12 @@ class LocalRayHead:
             fh.write(secrets.token_hex(32))
         # Ray's socket paths must stay short (AF_UNIX limit), so its temp dir is a short path under /tmp.
         temp_dir = Path("/tmp") / f"mrlkit-ray-{self.port}"
+        agent_port, client_port = free_ports(2, avoid={self.port, self.dashboard_port})
         cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", f"--port={self.port}",
                f"--dashboard-port={self.dashboard_port}", "--dashboard-host=127.0.0.1", f"--num-cpus={self.num_cpus}",
                # Ray's fixed defaults (job agent 52365, client server 10001) collide with any other Ray on
                # the machine, and a head whose job agent cannot bind refuses every `ray job submit`.
-               f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}",
+               f"--dashboard-agent-listen-port={agent_port}", f"--ray-client-server-port={client_port}",
                f"--temp-dir={temp_dir}", "--disable-usage-stats"]
         full_env = {**os.environ, **(env or {}), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path)}
         log = self.state_dir / "ray-start.log"

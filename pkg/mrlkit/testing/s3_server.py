@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 from mrlkit.errors import MrlkitError
@@ -26,9 +27,30 @@ SECRET_KEY = "mrlkit-test-secret-9f3b2c"  # a test-only credential; tests grep o
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int, avoid: Collection[int] = ()) -> list[int]:
+    """``count`` distinct free ports on 127.0.0.1, none of them in ``avoid``.
+
+    Every socket stays bound until all are picked: the kernel may hand a port that was just
+    closed out again, so two ``free_port()`` calls in a row can return the same one (CI saw
+    ``ray start`` refuse a dashboard and a client server on one port).
+    """
+    sockets: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            sock = socket.socket()
+            sockets.append(sock)
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+            if port not in avoid:
+                ports.append(port)
+    finally:
+        for sock in sockets:
+            sock.close()
+    return ports
 
 
 def _binary(name: str) -> str:
