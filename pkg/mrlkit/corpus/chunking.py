@@ -4,8 +4,9 @@ A chunk holds at most ``max_tokens`` content tokens (special tokens excluded), a
 ``max_tokens`` never exceeds what the model reads (its max sequence length, or
 ``train.max_seq_length`` when set, minus its special tokens). Cuts prefer, in
 order: paragraph breaks, line breaks, sentence ends, then any word start, looking
-back no further than half a chunk, so a chunk is never tiny. Overlap restarts the next chunk at the earliest sentence
-start (else word start) within the last ``overlap_tokens`` tokens.
+back no further than half a chunk, so a chunk is never tiny. Overlap restarts the
+next chunk at the earliest sentence start (else word start) within the last
+``overlap_tokens`` tokens.
 
 Cuts fall only on word starts, so re-tokenising a chunk's text gives the same
 tokens the chunker counted (tests check this against the tokenizer).
