@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import tempfile
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -165,11 +166,22 @@ def test_worker_group_larger_than_the_local_ray_fails_before_workers_start(ray_l
     assert not storage.list_files(layout.run_uri(cfg))  # no Ray Train run was started
 
 
+def wait_until_cpus_free(ray, cpus: float, timeout: float = 60) -> None:
+    """Ray frees a finished run's worker group asynchronously; the next run's CPU share is read from what is free."""
+    deadline = time.monotonic() + timeout
+    while ray.available_resources().get("CPU", 0.0) < cpus:
+        if time.monotonic() > deadline:
+            pytest.fail(f"the local Ray still has only {ray.available_resources().get('CPU', 0.0)} of {cpus} CPUs "
+                        f"free {timeout:.0f} s after the previous test")
+        time.sleep(0.2)
+
+
 def test_relative_storage_root_means_the_drivers_folder_not_the_workers(ray_local, tmp_path, tiny_model, monkeypatch):
     # Ray Train runs workers in a folder of their own; `./data` must still be the driver's ./data.
     monkeypatch.chdir(tmp_path)
     cfg = tiny_config("./data", tiny_model, run="relative", num_workers=1, max_steps=2, eval_steps=2)
     write_pairs(layout.pairs_uri(cfg), n_train=16, n_test=4)
+    wait_until_cpus_free(ray_local, 2)  # CI once started this while the last run's group still held a CPU
     summary = run_stage(TrainStage, cfg)
     assert summary["global_step"] == 2
     assert summary["cpus_per_worker"] == 2  # unset: the one worker takes the local Ray's 2 free CPUs
