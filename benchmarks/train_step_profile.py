@@ -105,12 +105,15 @@ def bare_steps(model_dir: str, anchors: list[str], positives: list[str], batch: 
             "real_tokens_per_step": statistics.mean(tokens)}
 
 
+PROFILED_STEPS = 30  # the profiler skips 5 steps, warms up on 5 and records the next 20
+
+
 def profiled_trainer(cfg, out_dir: Path, steps: int, device: str) -> dict:
     from torch.profiler import ProfilerActivity, profile, schedule
     from transformers import TrainerCallback
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-    prof = profile(activities=activities, schedule=schedule(wait=5, warmup=5, active=20, repeat=1))
+    prof = profile(activities=activities, schedule=schedule(wait=5, warmup=5, active=PROFILED_STEPS - 10, repeat=1))
     step_ends: list[float] = []
 
     class Step(TrainerCallback):
@@ -131,8 +134,8 @@ def profiled_trainer(cfg, out_dir: Path, steps: int, device: str) -> dict:
     gpu_us = sum(e.self_device_time_total for e in ops)
     cpu_us = sum(e.self_cpu_time_total for e in ops)
     return {"ms_per_step_median": round(1e3 * statistics.median(gaps), 2),
-            "profiled_gpu_ms_per_step": round(gpu_us / 1e3 / 20, 2),
-            "profiled_cpu_ms_per_step": round(cpu_us / 1e3 / 20, 2)}
+            "profiled_gpu_ms_per_step": round(gpu_us / 1e3 / (PROFILED_STEPS - 10), 2),
+            "profiled_cpu_ms_per_step": round(cpu_us / 1e3 / (PROFILED_STEPS - 10), 2)}
 
 
 PHASES = (("begin", "pre_optimizer", "forward_loss_backward_clip"), ("pre_optimizer", "optimizer", "optimizer"),
@@ -196,6 +199,12 @@ def main() -> int:
                              "(--model-shape launch, short texts): its steps are then mostly the host's work")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_step_profile.json"))
     args = parser.parse_args()
+    if args.steps < PROFILED_STEPS:
+        parser.error(f"--steps {args.steps}: at least {PROFILED_STEPS}, the profiler skips 5 steps, warms up on 5 "
+                     "and records 20")
+    if args.pairs <= args.batch_size:
+        parser.error(f"--pairs {args.pairs}: more than --batch-size ({args.batch_size}), the bare steps slide "
+                     "a batch along the pairs")
     import torch
 
     from mrlkit.models import avoid_cudnn_attention, init_random_model
