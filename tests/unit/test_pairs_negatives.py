@@ -89,12 +89,25 @@ def test_anchor_with_several_positives_never_gets_its_own_positive(ray_local, ti
         assert (row["negative_1"], row["negative_2"]) == (shared_rows[0]["negative_1"], shared_rows[0]["negative_2"])
 
 
-def test_too_few_candidates_drops_rows_and_counts_them(ray_local, tiny_model):
+def test_too_few_candidates_drops_rows_counts_them_and_warns_naming_the_settings(ray_local, tiny_model, caplog):
     train = make_train(4, seed=3)
     cfg = HardNegativesConfig(enabled=True, num_negatives=3, range_min=2, range_max=6, relative_margin=None,
                               batch_size=8)
-    rows, dropped = mine_negatives(train, cfg, tiny_model)  # 3 other positives, 2 skipped: 1 left, 3 wanted
+    with caplog.at_level("WARNING", logger="mrlkit.pairs.negatives"):
+        rows, dropped = mine_negatives(train, cfg, tiny_model)  # 3 other positives, 2 skipped: 1 left, 3 wanted
     assert rows == [] and dropped == 4
+    warning = next(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "dropped 4 of 4 train pairs (100%)" in warning
+    assert "range_min + num_negatives (5) of the top range_max (6)" in warning
+
+
+def test_a_small_share_dropped_is_not_a_warning(ray_local, tiny_model, caplog):
+    with caplog.at_level("INFO", logger="mrlkit.pairs.negatives"):
+        rows, dropped = mine_negatives(make_train(24), HardNegativesConfig(enabled=True, range_min=0, range_max=5,
+                                                                           relative_margin=None, batch_size=8),
+                                       tiny_model)
+    assert (len(rows), dropped) == (24, 0)
+    assert [r.levelname for r in caplog.records if "dropped" in r.getMessage()] == ["INFO"]
 
 
 def test_more_negatives_than_the_rank_window_holds_is_a_config_error():

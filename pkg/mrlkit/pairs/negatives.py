@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 TEXTS_PER_ENCODE_TASK = 1024
 MAX_SIMILARITY_BLOCK_BYTES = 256 << 20  # one anchor block's float32 similarity matrix against the corpus
+WARN_DROPPED_FRACTION = 0.5  # dropping more than half the train pairs is a warning (the demo drops 35%)
 
 
 class NegativesError(ValueError):
@@ -140,6 +141,15 @@ def mine_negatives(train: list[dict[str, Any]], cfg: HardNegativesConfig, model_
     log.info("prepare: hard negatives: %d per pair for %d/%d train pairs (%d dropped: too few candidates "
              "qualified) in %.1fs, %d search tasks", cfg.num_negatives, len(out), len(train), dropped,
              time.monotonic() - started, len(tasks))
+    if dropped > len(train) * WARN_DROPPED_FRACTION:
+        # A row is dropped when its positive scores low against its neighbours, so that the margin rules out
+        # most of the top range_max: on a corpus where the base model is weak that can be most of the pairs.
+        log.warning("prepare: hard negatives dropped %d of %d train pairs (%.0f%%): for them fewer than "
+                    "range_min + num_negatives (%d) of the top range_max (%d) candidates scored below the "
+                    "positive less relative_margin (%s) or max_score (%s); a lower range_min or "
+                    "relative_margin, or a higher range_max, keeps more", dropped, len(train),
+                    100 * dropped / len(train), cfg.range_min + cfg.num_negatives, cfg.range_max,
+                    cfg.relative_margin, cfg.max_score)
     return out, dropped
 
 
