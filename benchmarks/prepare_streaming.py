@@ -1,9 +1,11 @@
 """``mrlkit prepare`` streams: a corpus larger than a hard memory cap goes through the real CLI.
 
 Generates a Markdown corpus of ``--mb`` MB (``corpus_throughput.generate``), writes a prepare config like
-ray_jobs/configs/demo.yaml's corpus and pairs sections, and runs the real CLI
-(``python -m mrlkit.cli prepare --config FILE``) as a subprocess inside a memory cgroup capped at
-``--cap-mb`` (benchmarks/memory_cap.py), so the CLI, its local Ray and every worker share the cap.
+ray_jobs/configs/demo.yaml's corpus and pairs sections (192-token chunks, as the demo had when the first
+results were measured, so they stay comparable; no hard negatives: mining holds every train pair in memory),
+and runs the real CLI (``python -m mrlkit.cli prepare --config FILE``) as a subprocess inside a memory
+cgroup capped at ``--cap-mb`` (benchmarks/memory_cap.py), so the CLI, its local Ray and every worker share
+the cap.
 A baseline run of the same CLI on a tiny corpus in the same cap says what Ray and the stage cost
 with ~no data. While each runs, the PSS of its process tree, the cgroup's charge and the disk it has
 written (``peak_disk_mb``: the corpus plus the stage's work folder and outputs) are sampled every
@@ -64,7 +66,7 @@ def say(message: str) -> None:
 
 
 def write_config(path: Path, corpus_dir: Path, root: Path) -> None:
-    """The corpus and pairs sections of ray_jobs/configs/demo.yaml, over ``corpus_dir``, published under ``root``."""
+    """A prepare config like ray_jobs/configs/demo.yaml's (see the module docstring), over ``corpus_dir``."""
     config = {
         "name": NAME,
         "storage": {"root": str(root)},

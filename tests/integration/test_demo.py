@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,6 +33,8 @@ def test_demo_runs_the_whole_pipeline_and_prints_the_report(tmp_path):
     assert [m["label"] for m in report["models"]] == ["baseline", "fine-tuned"]
     assert sorted(int(d) for d in report["models"][1]["metrics"]) == [32, 64, 128, 256, 384]
     assert (root / "reports" / "demo" / "ndcg_by_dim.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    train_part = next((root / "pairs" / "stdlib-docs" / "train").glob("part-*.parquet"))
+    assert pq.read_schema(train_part).names[:3] == ["anchor", "positive", "negative_1"], "the demo mines negatives"
     meta = json.loads((root / "models" / "demo" / "mrlkit.json").read_text())
     assert meta["matryoshka_dims"] == [384, 256, 128, 64, 32]
 
