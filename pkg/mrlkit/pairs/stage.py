@@ -75,7 +75,8 @@ class PrepareStage:
         if pairs.split.mode == "reference" and corpus.dedupe != "none":
             raise ConfigError("corpus.dedupe: the reference split keeps every row; set corpus.dedupe=none")
         if pairs.hard_negatives.enabled and pairs.split.mode == "reference":
-            log.info("prepare: hard negatives change the reference train set's columns, not its rows")
+            log.info("prepare: hard negatives keep the reference split's test set; its train set gains negative "
+                     "columns and loses the rows for which too few negatives qualify")
         self.cfg = cfg
         self.inputs: Inputs | None = None
         self.options: ShardOptions | None = None
