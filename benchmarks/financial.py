@@ -39,6 +39,9 @@ VARIANTS: dict[str, list[str]] = {
     "length-bucketing": ["train.length_bucketing=true"],
     # and no dropout: on a CPU another ~1.2x (the attention kernel's fused path, no dropout operators); the score?
     "length-bucketing-no-dropout": ["train.length_bucketing=true", "train.dropout=0"],
+    # and a mined hard negative per pair (triplets), as the demo trains: what do they add on this data?
+    "length-bucketing-no-dropout-hard-negatives": ["train.length_bucketing=true", "train.dropout=0",
+                                                   "pairs.hard_negatives.enabled=true", "name=financial-hn"],
 }
 
 
