@@ -105,7 +105,9 @@ def bare_steps(model_dir: str, anchors: list[str], positives: list[str], batch: 
             "real_tokens_per_step": statistics.mean(tokens)}
 
 
-PROFILED_STEPS = 30  # the profiler skips 5 steps, warms up on 5 and records the next 20
+# the trainer profile skips PROFILE_WAIT steps, warms up on PROFILE_WARMUP and records PROFILE_ACTIVE
+PROFILE_WAIT, PROFILE_WARMUP, PROFILE_ACTIVE = 5, 5, 20
+PROFILED_STEPS = PROFILE_WAIT + PROFILE_WARMUP + PROFILE_ACTIVE
 
 
 def profiled_trainer(cfg, out_dir: Path, steps: int, device: str) -> dict:
@@ -113,7 +115,8 @@ def profiled_trainer(cfg, out_dir: Path, steps: int, device: str) -> dict:
     from transformers import TrainerCallback
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-    prof = profile(activities=activities, schedule=schedule(wait=5, warmup=5, active=PROFILED_STEPS - 10, repeat=1))
+    steps_schedule = schedule(wait=PROFILE_WAIT, warmup=PROFILE_WARMUP, active=PROFILE_ACTIVE, repeat=1)
+    prof = profile(activities=activities, schedule=steps_schedule)
     step_ends: list[float] = []
 
     class Step(TrainerCallback):
@@ -134,8 +137,8 @@ def profiled_trainer(cfg, out_dir: Path, steps: int, device: str) -> dict:
     gpu_us = sum(e.self_device_time_total for e in ops)
     cpu_us = sum(e.self_cpu_time_total for e in ops)
     return {"ms_per_step_median": round(1e3 * statistics.median(gaps), 2),
-            "profiled_gpu_ms_per_step": round(gpu_us / 1e3 / (PROFILED_STEPS - 10), 2),
-            "profiled_cpu_ms_per_step": round(cpu_us / 1e3 / (PROFILED_STEPS - 10), 2)}
+            "profiled_gpu_ms_per_step": round(gpu_us / 1e3 / PROFILE_ACTIVE, 2),
+            "profiled_cpu_ms_per_step": round(cpu_us / 1e3 / PROFILE_ACTIVE, 2)}
 
 
 PHASES = (("begin", "pre_optimizer", "forward_loss_backward_clip"), ("pre_optimizer", "optimizer", "optimizer"),
@@ -200,8 +203,8 @@ def main() -> int:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_step_profile.json"))
     args = parser.parse_args()
     if args.steps < PROFILED_STEPS:
-        parser.error(f"--steps {args.steps}: at least {PROFILED_STEPS}, the profiler skips 5 steps, warms up on 5 "
-                     "and records 20")
+        parser.error(f"--steps {args.steps}: at least {PROFILED_STEPS}, the profiler skips {PROFILE_WAIT} steps, "
+                     f"warms up on {PROFILE_WARMUP} and records {PROFILE_ACTIVE}")
     if args.pairs <= args.batch_size:
         parser.error(f"--pairs {args.pairs}: more than --batch-size ({args.batch_size}), the bare steps slide "
                      "a batch along the pairs")
