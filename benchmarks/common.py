@@ -44,6 +44,18 @@ def machine_info() -> dict[str, Any]:
     except ImportError:
         info["gpu"] = None
     try:
+        from mrlkit.train.worker import cpu_computes_bf16
+
+        info["cpu_bf16"] = cpu_computes_bf16()  # precision auto trains a CPU worker in bf16 when true
+    except ImportError:
+        pass
+    try:
+        with open("/proc/cpuinfo") as fh:
+            info["cpu_model"] = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")),
+                                     None)
+    except OSError:
+        pass
+    try:
         with open("/proc/meminfo") as fh:
             info["memory_gib"] = round(int(fh.readline().split()[1]) / 2**20, 1)
     except OSError:

@@ -13,8 +13,9 @@ Same synthetic pairs, batch size, sequence length and model in every mode, one p
 - ``worker``: mrlkit's per-worker loop without Ray (what a single-GPU machine runs). Suffixes switch its
   speed levers on: ``worker+bucket`` (``train.length_bucketing``), ``worker+compile`` (``train.compile``),
   ``worker+merge`` (``train.merge_columns``), ``worker+loaders`` (``train.dataloader_workers=1``: batches
-  tokenized in a loader process), ``worker+nodropout`` (``train.dropout=0``), or its fused loss off:
-  ``worker+unfused``; combine them as ``worker+bucket+merge``.
+  tokenized in a loader process), ``worker+nodropout`` (``train.dropout=0``), ``worker+bf16``
+  (``train.precision=bf16``, on a CPU too), or its fused loss off: ``worker+unfused``; combine them as
+  ``worker+bucket+merge``.
 
 ``--model-shape launch`` is bge-base's 12 layers at width 24: with short texts and small batches it
 computes little, so on a CPU its step is mostly the host's work (dispatch, tokenization, the trainer), a
@@ -191,7 +192,8 @@ def run_plain(cfg: Any, out_dir: Path) -> dict[str, float]:
 
 LEVERS = {"bucket": "train.length_bucketing=true", "compile": "train.compile=true",
           "merge": "train.merge_columns=true", "unfused": "train.fused_loss=false",
-          "loaders": "train.dataloader_workers=1", "nodropout": "train.dropout=0.0"}
+          "loaders": "train.dataloader_workers=1", "nodropout": "train.dropout=0.0",
+          "bf16": "train.precision=bf16"}
 
 
 def worker_overrides(mode: str) -> list[str]:

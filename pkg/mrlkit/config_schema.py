@@ -328,8 +328,8 @@ class TrainConfig:
         _positive("keep_checkpoints", self.keep_checkpoints)
         _positive("max_failures", self.max_failures, -1)
         _positive("max_train_pairs", self.max_train_pairs)
-        if self.precision in ("bf16", "fp16") and not self.use_gpu:
-            raise Problem("precision", f"{self.precision!r} needs use_gpu: true; use 'auto' or 'fp32' on CPU")
+        if self.precision == "fp16" and not self.use_gpu:
+            raise Problem("precision", "'fp16' needs use_gpu: true; on CPU use 'auto', 'bf16' or 'fp32'")
         if self.dropout is not None:
             _fraction("dropout", self.dropout, high_open=True)
 

@@ -127,7 +127,7 @@ def test_bad_input_uri_names_the_key():
         ({"train": {"matryoshka_dims": [64, 128]}}, "train.matryoshka_dims", "descending"),
         ({"train": {"matryoshka_weights": [1, 1]}}, "train.matryoshka_weights", "one weight per dimension"),
         ({"train": {"loss": "cached_mnrl", "batch_size": 8, "mini_batch_size": 16}}, "train.mini_batch_size", ""),
-        ({"train": {"precision": "bf16"}}, "train.precision", "needs use_gpu"),
+        ({"train": {"precision": "fp16"}}, "train.precision", "'fp16' needs use_gpu: true; on CPU use"),
         ({"train": {"eval_strategy": "steps"}}, "train.eval_steps", "required when"),
         ({"train": {"dataloader_workers": -1}}, "train.dataloader_workers", "must be >= 0"),
         ({"train": {"dataloader_workers": 2, "cpus_per_worker": 2}}, "train.dataloader_workers",

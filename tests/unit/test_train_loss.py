@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mrlkit.config_schema import TrainConfig
 from mrlkit.errors import ConfigError
+from mrlkit.train import worker
 from mrlkit.train.callbacks import with_backoff
 from mrlkit.train.data import PairsError, text_columns
 from mrlkit.train.export import is_model_file
@@ -93,9 +96,32 @@ def test_persistent_errors_surface_after_the_last_attempt():
         with_backoff(broken, "checkpoint upload", attempts=3, sleep=lambda s: None)
 
 
-def test_cpu_training_uses_fp32_and_plain_adamw():
+def test_cpu_training_without_bf16_hardware_uses_fp32_and_plain_adamw(monkeypatch):
+    monkeypatch.setattr(worker, "cpu_computes_bf16", lambda: False)
     args = precision_args(TrainConfig())
     assert args == {"bf16": False, "fp16": False, "tf32": None, "optim": "adamw_torch", "use_cpu": True}
+
+
+def test_cpu_with_bf16_hardware_trains_in_bf16_by_default_and_fp32_when_asked(monkeypatch):
+    monkeypatch.setattr(worker, "cpu_computes_bf16", lambda: True)
+    assert precision_args(TrainConfig()) == {"bf16": True, "fp16": False, "tf32": None, "optim": "adamw_torch",
+                                             "use_cpu": True}
+    assert precision_args(TrainConfig(precision="fp32"))["bf16"] is False
+
+
+def test_bf16_asked_of_a_cpu_without_it_is_honoured_with_a_warning(monkeypatch, caplog):
+    monkeypatch.setattr(worker, "cpu_computes_bf16", lambda: False)
+    with caplog.at_level("WARNING", logger="mrlkit.train"):
+        assert precision_args(TrainConfig(precision="bf16"))["bf16"] is True
+    assert "emulated, likely slower than fp32" in caplog.text
+
+
+def test_bf16_probe_agrees_with_the_cpus_flags():
+    answer = worker.cpu_computes_bf16()
+    assert isinstance(answer, bool)
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():  # Linux: the kernel's own list of what the CPU has
+        assert answer == bool(set(cpuinfo.read_text().split()) & {"avx512_bf16", "amx_tile"})
 
 
 def test_checkpoints_fall_on_evaluations():

@@ -87,6 +87,32 @@ def test_worker_loop_with_length_bucketing_compiled_blocks_and_no_dropout(tmp_pa
     assert saved["hidden_dropout_prob"] == 0.1 and saved["attention_probs_dropout_prob"] == 0.1
 
 
+def test_worker_loop_trains_in_bf16_on_a_cpu(tmp_path, tiny_model, caplog):
+    """precision bf16 on a CPU is autocast, as on a GPU: the losses move by bf16's rounding, the
+    checkpoint's weights stay fp32."""
+    import logging
+    import math
+
+    from safetensors import safe_open
+
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        cfg = tiny_worker_config(tmp_path / precision, tiny_model, "train.batch_size=4", "train.max_steps=3",
+                                 "train.learning_rate=1e-3", f"train.precision={precision}")
+        publish_pairs(layout.pairs_uri(cfg), {"anchor": [f"question {i}" for i in range(12)],
+                                              "positive": [f"answer {i} " + "words " * i for i in range(12)]})
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="mrlkit"):
+            summary = train_loop({"config": config_to_dict(cfg), "output_dir": str(tmp_path / precision / "out")})
+        assert summary["step"] == 3 and math.isfinite(summary["train_loss"]) and summary["train_loss"] > 0
+        said = "bf16 autocast (precision bf16)" if precision == "bf16" else "fp32 (precision fp32)"
+        assert f"worker 0 computes in {said}" in caplog.text
+        losses[precision] = summary["train_loss"]
+        with safe_open(str(Path(summary["output_dir"], "checkpoint-3", "model.safetensors")), "pt") as weights:
+            assert {str(weights.get_tensor(k).dtype) for k in weights.keys()} == {"torch.float32"}
+    assert losses["bf16"] != losses["fp32"] and abs(losses["bf16"] / losses["fp32"] - 1) < 0.05
+
+
 def test_a_nan_loss_reaches_the_log(tmp_path):
     """The trainer's NaN filter would log the running average in place of a NaN loss (and sync on
     the GPU every step to check for one); mrlkit turns it off so a diverging run shows it."""
