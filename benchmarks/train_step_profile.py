@@ -223,8 +223,11 @@ def main() -> int:
     model_dir = str(init_random_model(work / "model", hidden_size=hidden, num_layers=layers, num_heads=heads,
                                       max_seq_length=args.seq_len, tokenizer_from=args.tokenizer))
     anchors, positives = tt.make_texts(args.pairs, args.lengths, args.seq_len, seed=0)
+    # the bare step autocasts to bf16 on a GPU only; on a CPU the trainer runs fp32 too (precision auto would pick
+    # bf16 on a CPU with it), so the trainer's own cost compares like with like
     ns = argparse.Namespace(model_shape=args.model_shape, batch_size=args.batch_size, epochs=1, seq_len=args.seq_len,
-                            threads=args.threads, use_gpu=device == "cuda", precision="auto")
+                            threads=args.threads, use_gpu=device == "cuda",
+                            precision="auto" if device == "cuda" else "fp32")
     tt.make_pairs(work, args.pairs, args.lengths, args.seq_len)
     cfg = tt.pipeline_config(ns, work, model_dir, run="profile")
     # the same step with no trainer around it: the floor loss, the seed's per-dim MatryoshkaLoss, mrlkit's fused
