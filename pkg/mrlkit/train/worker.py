@@ -57,16 +57,6 @@ def greater_is_better(train: TrainConfig) -> bool:
     return train.metric_for_best_model not in GREATER_IS_BETTER_EXCEPT
 
 
-def gpu_features() -> dict[str, bool]:
-    """What the visible GPU supports: bf16 (Ampere+), tf32, fused AdamW. All False on CPU."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return {"cuda": False, "bf16": False, "tf32": False, "fused_adamw": False}
-    major, _ = torch.cuda.get_device_capability()
-    return {"cuda": True, "bf16": torch.cuda.is_bf16_supported(), "tf32": major >= 8, "fused_adamw": True}
-
-
 def cpu_computes_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware (x86 AVX512-BF16 or AMX).
 
@@ -81,10 +71,14 @@ def cpu_computes_bf16() -> bool:
 
 
 def hardware_features(use_gpu: bool) -> dict[str, bool]:
-    """``gpu_features()`` for a GPU worker; for a CPU worker whether it computes bf16 in hardware."""
-    if use_gpu:
-        return gpu_features()
-    return {"cuda": False, "bf16": cpu_computes_bf16(), "tf32": False, "fused_adamw": False}
+    """What the worker's device supports: bf16 (Ampere+ GPUs, CPUs with AVX512-BF16 or AMX), tf32 and
+    fused AdamW (GPUs). ``cuda`` is False for a GPU worker that sees no CUDA device."""
+    import torch
+
+    if use_gpu and torch.cuda.is_available():
+        major, _ = torch.cuda.get_device_capability()
+        return {"cuda": True, "bf16": torch.cuda.is_bf16_supported(), "tf32": major >= 8, "fused_adamw": True}
+    return {"cuda": False, "bf16": not use_gpu and cpu_computes_bf16(), "tf32": False, "fused_adamw": False}
 
 
 def precision_args(train: TrainConfig) -> dict[str, Any]:
