@@ -8,10 +8,12 @@
 #   m=$(.venv/bin/python -c 'from mrlkit.models import resolve_model as r; print(r("sentence-transformers/all-MiniLM-L6-v2"))')
 #   mkdir -p .devbench/tok && cp $m/{config.json,special_tokens_map.json,tokenizer.json,tokenizer_config.json,vocab.txt} .devbench/tok/
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux2014_x86_64 -d .devbench/whl datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+#     --platform manylinux2014_x86_64 -d .devbench/whl datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 \
+#     sentence-transformers==6.2.0 transformers==5.24.0   (the versions CI tests; the image has older ones)
 # Writes JSON results and logs under OUT (default benchmarks/results/gpu).
-#   bash benchmarks/gpu_train.sh [levers|recipe|full|all]
-# levers and recipe take up to ~450 and ~500 s: on a machine with a 600 s limit per command, run them one per call.
+#   bash benchmarks/gpu_train.sh [check,levers,recipe,full|all]   (one part or several, comma-separated)
+# each part is bounded (check 100 s, levers 170, recipe 150, full 110, profile 150, *_loaders 110-150): four parts
+# fit a 600 s command and its 8 files (check,recipe,levers,full; profile,full_loaders,recipe_loaders,levers_loaders).
 set -uo pipefail
 DEV=${DEVBENCH:-.devbench}
 OUT=${OUT:-benchmarks/results/gpu}
@@ -30,16 +32,34 @@ bench() {  # name, timeout seconds, args...
   echo "== $name rc=$?"; grep -E "^(plain|worker|ray)[^ ]*: |ratio|measured" "$OUT/$name.log"
 }
 what=${1:-all}
+has() { [[ $what == all || ",$what," == *",$1,"* ]]; }
+# train.cuda_graphs computes what eager steps compute (gradients and weights within bf16's error)
+has check && { timeout 100 python3 benchmarks/cuda_graphs_check.py --tokenizer "$DEV/tok" \
+  --out "$OUT/cuda_graphs_check.json" >"$OUT/cuda_graphs_check.log" 2>&1; echo "== cuda_graphs_check rc=$?";
+  tail -1 "$OUT/cuda_graphs_check.log" | cut -c1-300; grep -E "^\{'model_shape" "$OUT/cuda_graphs_check.log"; }
 # speed levers side by side on the seed dataset's token lengths, one epoch of 3.2k pairs
-# (worker+unfused: the seed's per-dim MatryoshkaLoss; worker: the fused loss; +merge: one encoder pass per step;
-#  +loaders: batches tokenized in a loader process; +nodropout: train.dropout=0)
-[[ $what == all || $what == levers ]] && bench train_gpu_levers 450 --lengths financial --seq-len 512 --pairs 3200 \
-  --epochs 1 --repeats 2 \
-  --modes plain,plain+nocudnn,worker+unfused,worker,worker+merge,worker+merge+loaders,worker+bucket+merge,worker+bucket,worker+merge+nodropout
+# (worker: the fused loss; +merge: one encoder pass per step; +graphs: train.cuda_graphs; +nodropout: train.dropout=0;
+#  +bucket: train.length_bucketing). The most telling modes first: a timeout cuts the last ones.
+has levers && bench train_gpu_levers 170 --lengths financial --seq-len 512 --pairs 3200 \
+  --epochs 1 --repeats 1 \
+  --modes plain+nocudnn,worker+bucket+graphs+nodropout,worker+bucket+merge+graphs+nodropout,worker+bucket+nodropout,worker+graphs
 # the full seed recipe, 6.3k pairs x 4 epochs (plain with cuDNN attention takes ~5 min: see levers for it)
-[[ $what == all || $what == recipe ]] && bench train_gpu_recipe 500 --lengths financial --seq-len 512 --pairs 6300 \
-  --epochs 4 --repeats 1 --modes worker,worker+merge+loaders,worker+bucket+merge+loaders+nodropout
+has recipe && bench train_gpu_recipe 150 --lengths financial --seq-len 512 --pairs 6300 \
+  --epochs 4 --repeats 1 --modes worker+bucket+graphs+nodropout,worker+bucket+merge+graphs+nodropout
 # the compute-bound case: every text 256 tokens
-[[ $what == all || $what == full ]] && bench train_gpu_full256 100 --lengths full --seq-len 256 --pairs 2048 \
-  --epochs 1 --repeats 2 --modes plain,plain+nocudnn,worker,worker+merge
+has full && bench train_gpu_full256 110 --lengths full --seq-len 256 --pairs 2048 \
+  --epochs 1 --repeats 1 --modes plain+nocudnn,worker+graphs,worker+merge+graphs
+# the same three with batches tokenized in loader processes (+loaders: 1, +loaders2: 2), overlapping the GPU's work
+has levers_loaders && bench train_gpu_levers_loaders 110 --lengths financial --seq-len 512 --pairs 3200 \
+  --epochs 1 --repeats 1 \
+  --modes plain+nocudnn,worker+bucket+merge+graphs+nodropout+loaders,worker+bucket+merge+graphs+nodropout+loaders2
+has recipe_loaders && bench train_gpu_recipe_loaders 150 --lengths financial --seq-len 512 --pairs 6300 \
+  --epochs 4 --repeats 1 --modes worker+bucket+graphs+nodropout+loaders,worker+bucket+merge+graphs+nodropout+loaders
+has full_loaders && bench train_gpu_full256_loaders 150 --lengths full --seq-len 256 --pairs 2048 \
+  --epochs 1 --repeats 1 --modes worker+merge+graphs,worker+merge+graphs+loaders,worker+merge+graphs+loaders2,worker+merge+graphs+loaders4
+# where a graphed step's time goes at 256 tokens a text, past its one capture
+has profile && { timeout 150 python3 benchmarks/train_step_profile.py --tokenizer "$DEV/tok" --lengths full \
+  --seq-len 256 --pairs 2048 --steps 60 --profile-wait 30 --profile-mrlkit --set train.cuda_graphs=true \
+  --set train.merge_columns=true --out "$OUT/train_step_profile.json" >"$OUT/train_step_profile.log" 2>&1;
+  echo "== train_step_profile rc=$?"; grep -E "^(bare|trainer|phases|the trainer)" "$OUT/train_step_profile.log"; }
 exit 0

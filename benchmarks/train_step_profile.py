@@ -105,17 +105,18 @@ def bare_steps(model_dir: str, anchors: list[str], positives: list[str], batch: 
             "real_tokens_per_step": statistics.mean(tokens)}
 
 
-# the trainer profile skips PROFILE_WAIT steps, warms up on PROFILE_WARMUP and records PROFILE_ACTIVE
+# the trainer profile skips --profile-wait steps (PROFILE_WAIT by default), warms up on PROFILE_WARMUP and records
+# PROFILE_ACTIVE
 PROFILE_WAIT, PROFILE_WARMUP, PROFILE_ACTIVE = 5, 5, 20
-PROFILED_STEPS = PROFILE_WAIT + PROFILE_WARMUP + PROFILE_ACTIVE
 
 
-def profiled_trainer(cfg, out_dir: Path, steps: int, device: str) -> dict:
+def profiled_trainer(cfg, out_dir: Path, steps: int, device: str, mrlkit_settings: bool = False,
+                     wait: int = 5) -> dict:
     from torch.profiler import ProfilerActivity, profile, schedule
     from transformers import TrainerCallback
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-    steps_schedule = schedule(wait=PROFILE_WAIT, warmup=PROFILE_WARMUP, active=PROFILE_ACTIVE, repeat=1)
+    steps_schedule = schedule(wait=wait, warmup=PROFILE_WARMUP, active=PROFILE_ACTIVE, repeat=1)
     prof = profile(activities=activities, schedule=steps_schedule)
     step_ends: list[float] = []
 
@@ -125,10 +126,10 @@ def profiled_trainer(cfg, out_dir: Path, steps: int, device: str) -> dict:
             step_ends.append(time.perf_counter())
             prof.step()
 
-    trainer = tt.seed_trainer(cfg, out_dir, max_steps=steps, callbacks=[Step()])
+    trainer = tt.seed_trainer(cfg, out_dir, max_steps=steps, callbacks=[Step()], mrlkit_settings=mrlkit_settings)
     with prof:
         trainer.train()
-    gaps = [b - a for a, b in itertools.pairwise(step_ends)][5:]
+    gaps = [b - a for a, b in itertools.pairwise(step_ends)][wait:]
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), flush=True)
     if device == "cuda":
         print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=15), flush=True)
@@ -200,11 +201,19 @@ def main() -> int:
     parser.add_argument("--device", choices=["cuda", "cpu"], default=None,
                         help="default: cuda where there is one. On a CPU, pick a model that computes little "
                              "(--model-shape launch, short texts): its steps are then mostly the host's work")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for the runs with mrlkit's settings, e.g. train.cuda_graphs=true "
+                             "(repeatable)")
+    parser.add_argument("--profile-mrlkit", action="store_true",
+                        help="profile the trainer with mrlkit's settings (and --set), not the seed's")
+    parser.add_argument("--profile-wait", type=int, default=PROFILE_WAIT,
+                        help="steps before the profiler starts: with train.cuda_graphs, past the captures")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_step_profile.json"))
     args = parser.parse_args()
-    if args.steps < PROFILED_STEPS:
-        parser.error(f"--steps {args.steps}: at least {PROFILED_STEPS}, the profiler skips {PROFILE_WAIT} steps, "
-                     f"warms up on {PROFILE_WARMUP} and records {PROFILE_ACTIVE}")
+    profiled_steps = args.profile_wait + PROFILE_WARMUP + PROFILE_ACTIVE
+    if args.steps < profiled_steps:
+        parser.error(f"--steps {args.steps}: at least {profiled_steps}, the profiler skips {args.profile_wait} "
+                     f"steps, warms up on {PROFILE_WARMUP} and records {PROFILE_ACTIVE}")
     if args.pairs <= args.batch_size:
         parser.error(f"--pairs {args.pairs}: more than --batch-size ({args.batch_size}), the bare steps slide "
                      "a batch along the pairs")
@@ -229,7 +238,7 @@ def main() -> int:
                             threads=args.threads, use_gpu=device == "cuda",
                             precision="auto" if device == "cuda" else "fp32")
     tt.make_pairs(work, args.pairs, args.lengths, args.seq_len)
-    cfg = tt.pipeline_config(ns, work, model_dir, run="profile")
+    cfg = tt.pipeline_config(ns, work, model_dir, run="profile", extra=args.set)
     # the same step with no trainer around it: the floor loss, the seed's per-dim MatryoshkaLoss, mrlkit's fused
     # one; the trainer's own cost is its step less the bare step with the same loss
     seed_loss = tt.seed_loss_config(cfg.train)
@@ -238,7 +247,8 @@ def main() -> int:
     bare = {name: bare_steps(model_dir, anchors, positives, args.batch_size, 30, device, loss_cfg, dropout)
             for name, loss_cfg, dropout in variants}
     print("bare:", bare, flush=True)
-    trainer = profiled_trainer(cfg, work / "trainer", args.steps, device)
+    trainer = profiled_trainer(cfg, work / "trainer", args.steps, device, mrlkit_settings=args.profile_mrlkit,
+                               wait=args.profile_wait)
     print("trainer:", trainer, flush=True)
     phases = {"seed": phase_times(cfg, work / "phases-seed", args.steps, mrlkit_settings=False),
               "mrlkit": phase_times(cfg, work / "phases-mrlkit", args.steps, mrlkit_settings=True)}
@@ -249,7 +259,8 @@ def main() -> int:
     write_result("train_step_profile", {
         "device_used": device, "model_shape": args.model_shape, "lengths": args.lengths,
         "cudnn_attention": args.cudnn_attention, "seq_len": args.seq_len, "batch_size": args.batch_size,
-        "threads": args.threads, "bare": bare, "trainer": trainer, "phases_ms": phases,
+        "threads": args.threads, "overrides": args.set, "profiled": "mrlkit" if args.profile_mrlkit else "seed",
+        "bare": bare, "trainer": trainer, "phases_ms": phases,
         "trainer_own_ms_per_step": trainer_own_ms,
         "trainer_vs_bare_pairs_per_s": round(args.batch_size * 1e3 / trainer["ms_per_step_median"]
                                              / bare["seed_loss"]["pairs_per_s"], 3)}, path=Path(args.out))

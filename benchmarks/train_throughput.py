@@ -158,17 +158,19 @@ def seed_loss_config(train: Any) -> Any:
 def seed_trainer(cfg: Any, out_dir: Path, *, max_steps: int | None = None, callbacks: list[Any] | None = None,
                  mrlkit_settings: bool = False) -> Any:
     """The seed's trainer: sentence-transformers alone, one process, the library's per-dim MatryoshkaLoss and
-    its default NaN filter. ``mrlkit_settings``: the same trainer with the loss and arguments mrlkit's worker
-    uses (the fused loss by default, no NaN filter), without mrlkit's callbacks."""
+    its default NaN filter. ``mrlkit_settings``: the same trainer with the model settings, loss and arguments
+    mrlkit's worker uses (the fused loss by default, no NaN filter), without mrlkit's callbacks."""
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 
     from mrlkit import layout
     from mrlkit.train.data import load_train_dataset
     from mrlkit.train.loss import build_loss
-    from mrlkit.train.worker import training_arguments
+    from mrlkit.train.worker import prepare_model, training_arguments
 
     model = SentenceTransformer(cfg.train.base_model, device="cpu")
     model.max_seq_length = cfg.train.max_seq_length
+    if mrlkit_settings:
+        prepare_model(model, cfg.train)  # dropout, compile and CUDA graphs as the config says
     dataset = load_train_dataset(layout.pairs_uri(cfg))
     args = training_arguments(cfg.train, str(out_dir), world_size=1)  # saves every epoch, as the seed did
     if not mrlkit_settings:
@@ -192,8 +194,9 @@ def run_plain(cfg: Any, out_dir: Path) -> dict[str, float]:
 
 LEVERS = {"bucket": "train.length_bucketing=true", "compile": "train.compile=true",
           "merge": "train.merge_columns=true", "unfused": "train.fused_loss=false",
-          "loaders": "train.dataloader_workers=1", "nodropout": "train.dropout=0.0",
-          "bf16": "train.precision=bf16"}
+          "loaders": "train.dataloader_workers=1", "loaders2": "train.dataloader_workers=2",
+          "loaders4": "train.dataloader_workers=4",
+          "nodropout": "train.dropout=0.0", "bf16": "train.precision=bf16", "graphs": "train.cuda_graphs=true"}
 
 
 def worker_overrides(mode: str) -> list[str]:

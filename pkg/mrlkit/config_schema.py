@@ -269,6 +269,7 @@ class TrainConfig:
     max_train_pairs: int | None = None
     length_bucketing: bool = False
     compile: bool = False
+    cuda_graphs: bool = False  # mrlkit.train.cuda_graphs
     dropout: float | None = None  # None: the model's own probabilities (mrlkit.train.dropout)
 
     def __post_init__(self) -> None:
@@ -292,6 +293,14 @@ class TrainConfig:
         if self.merge_columns and not (self.loss == "mnrl" and self.fused_loss):
             raise Problem("merge_columns", "needs loss 'mnrl' with fused_loss true (the fused loss embeds the "
                           f"columns), got loss {self.loss!r}, fused_loss {str(self.fused_loss).lower()}")
+        if self.cuda_graphs:
+            if not self.use_gpu:
+                raise Problem("cuda_graphs", "needs use_gpu: true (CUDA graphs replay GPU kernels)")
+            if self.compile:
+                raise Problem("cuda_graphs", "and compile are exclusive: set one of them to false")
+            if self.num_workers > 1:
+                # not yet measured with DDP's gradient hooks, which must see the graphs' gradients
+                raise Problem("cuda_graphs", f"supports one worker for now, got num_workers {self.num_workers}")
         if self.loss == "cached_mnrl" and self.mini_batch_size > self.batch_size:
             raise Problem("mini_batch_size", f"must not exceed batch_size ({self.batch_size}) for loss 'cached_mnrl'")
         if self.epochs <= 0:

@@ -246,6 +246,35 @@ def _worker_logging() -> None:
         pass
 
 
+def prepare_model(model: Any, train: TrainConfig, rank: int = 0) -> Any:
+    """Apply the config's model-side settings (sequence length, dropout, compile, CUDA graphs) to a loaded
+    ``SentenceTransformer``; returns the CUDA-graph wrapper when ``train.cuda_graphs`` is on, else None."""
+    if train.max_seq_length:
+        model.max_seq_length = train.max_seq_length
+    if train.dropout is not None:
+        from mrlkit.train.dropout import set_dropout
+
+        changed = set_dropout(model, train.dropout)
+        if changed:
+            log.info("train: worker %d sets %d dropout layers to p=%s", rank, changed, train.dropout)
+        else:
+            log.warning("train: worker %d: train.dropout=%s changes nothing: %s has no dropout layer or "
+                        "attention_dropout to set", rank, train.dropout, train.base_model)
+    if train.compile:
+        from mrlkit.train.regional_compile import compile_blocks
+
+        log.info("train: worker %d compiles %d transformer blocks (torch.compile, dynamic shapes)", rank,
+                 compile_blocks(model))
+    graphs = None
+    if train.cuda_graphs:
+        from mrlkit.train.cuda_graphs import graph_encoder_forward
+
+        graphs = graph_encoder_forward(model)
+        log.info("train: worker %d replays the encoder's training passes as CUDA graphs (one per batch shape, "
+                 "lengths padded to a multiple of %d)", rank, graphs.pad_multiple)
+    return graphs
+
+
 def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
     """Train on this worker. ``loop_config``: ``config`` (the pipeline config as plain data), optional
     ``use_ray`` (report to Ray Train, resume from its checkpoint), ``output_dir`` (local scratch),
@@ -285,22 +314,7 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
 
     model = SentenceTransformer(resolve_model(train.base_model), device="cpu")
-    if train.max_seq_length:
-        model.max_seq_length = train.max_seq_length
-    if train.dropout is not None:
-        from mrlkit.train.dropout import set_dropout
-
-        changed = set_dropout(model, train.dropout)
-        if changed:
-            log.info("train: worker %d sets %d dropout layers to p=%s", rank, changed, train.dropout)
-        else:
-            log.warning("train: worker %d: train.dropout=%s changes nothing: %s has no dropout layer or "
-                        "attention_dropout to set", rank, train.dropout, train.base_model)
-    if train.compile:
-        from mrlkit.train.regional_compile import compile_blocks
-
-        log.info("train: worker %d compiles %d transformer blocks (torch.compile, dynamic shapes)", rank,
-                 compile_blocks(model))
+    graphs = prepare_model(model, train, rank)
     train_ds = load_train_dataset(layout.pairs_uri(cfg), train.max_train_pairs)
     evaluating = train.eval_strategy != "no"
     eval_ds = load_eval_dataset(layout.pairs_uri(cfg)) if evaluating else None
@@ -350,6 +364,9 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
     summary = {**progress.progress(trainer.state), "train_loss": result.training_loss,
                "train_seconds": round(seconds, 2), "world_size": world_size, "torch_threads": torch.get_num_threads(),
                "best_metric": trainer.state.best_metric, "output_dir": str(output_dir)}
+    if graphs is not None:
+        summary["cuda_graphs"] = {"captured": len(graphs.graphs), "replays": graphs.replays,
+                                  "eager_passes": graphs.eager_passes}
     if rank == 0:
         log.info("train: worker done: %s", summary)
     if use_ray and own_scratch:  # under Ray the checkpoints live in Ray storage; local copies are scratch
