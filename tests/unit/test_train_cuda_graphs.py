@@ -160,6 +160,19 @@ def test_eval_no_grad_and_off_device_forwards_run_eagerly(model, tiny_model):
     assert cpu_wrapper.replays == 0
 
 
+def test_forwards_with_other_inputs_run_eagerly(model):
+    wrapper, capture = _graphed(model)
+    features = model.tokenize(TEXTS)
+    ids, mask = features["input_ids"], features["attention_mask"]
+    positions = torch.arange(ids.shape[1]).expand_as(ids)
+    encoder = model[0].auto_model
+    eager = encoder.forward(input_ids=ids, attention_mask=mask, position_ids=positions, return_dict=True)
+    assert not capture.shapes and wrapper.replays == 0
+    assert eager.last_hidden_state.shape[:2] == ids.shape
+    encoder.forward(input_ids=ids, attention_mask=mask, return_dict=True, output_hidden_states=None)
+    assert len(capture.shapes) == 1  # arguments left at their defaults carry no data: still graphed
+
+
 def test_bad_settings_and_models_are_refused(model):
     with pytest.raises(ValueError, match="pad_multiple must be > 0, got 0"):
         GraphedEncoder(model[0].auto_model, pad_multiple=0)

@@ -150,7 +150,9 @@ class GraphedEncoder:
             return False
         if not (self.model.training and torch.is_grad_enabled() and self.on_device(ids)):
             return False
-        extra = {k for k, v in kwargs.items() if k not in GRAPHED_INPUTS and IGNORED_DEFAULTS.get(k, v) != v}
+        # identity, not ==: the defaults are singletons (True, None), and == on a tensor argument is elementwise
+        extra = {k for k, v in kwargs.items()
+                 if k not in GRAPHED_INPUTS and not (k in IGNORED_DEFAULTS and v is IGNORED_DEFAULTS[k])}
         if extra:
             self._once("extra", "train.cuda_graphs: forwards with %s run eagerly", sorted(extra))
             return False
