@@ -36,7 +36,7 @@ has() { [[ $what == all || ",$what," == *",$1,"* ]]; }
 # train.cuda_graphs computes what eager steps compute (gradients and weights within bf16's error)
 has check && { timeout 100 python3 benchmarks/cuda_graphs_check.py --tokenizer "$DEV/tok" \
   --out "$OUT/cuda_graphs_check.json" >"$OUT/cuda_graphs_check.log" 2>&1; echo "== cuda_graphs_check rc=$?";
-  tail -1 "$OUT/cuda_graphs_check.log" | cut -c1-300; grep -E "^\{'model_shape" "$OUT/cuda_graphs_check.log"; }
+  tail -1 "$OUT/cuda_graphs_check.log" | cut -c1-300; grep -E "^\{'merged_one_pass" "$OUT/cuda_graphs_check.log" | cut -c1-600; }
 # speed levers side by side on the seed dataset's token lengths, one epoch of 3.2k pairs
 # (worker: the fused loss; +merge: one encoder pass per step; +graphs: train.cuda_graphs; +nodropout: train.dropout=0;
 #  +bucket: train.length_bucketing). The most telling modes first: a timeout cuts the last ones.

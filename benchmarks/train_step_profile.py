@@ -111,7 +111,7 @@ PROFILE_WAIT, PROFILE_WARMUP, PROFILE_ACTIVE = 5, 5, 20
 
 
 def profiled_trainer(cfg, out_dir: Path, steps: int, device: str, mrlkit_settings: bool = False,
-                     wait: int = 5) -> dict:
+                     wait: int = PROFILE_WAIT) -> dict:
     from torch.profiler import ProfilerActivity, profile, schedule
     from transformers import TrainerCallback
 

@@ -55,22 +55,20 @@ def padded_length(length: int, pad_multiple: int, max_length: int | None) -> int
     return max(length, min(rounded, max_length)) if max_length else rounded
 
 
-class _HiddenStates:
-    """The encoder as a function of tensors only, what ``make_graphed_callables`` can capture."""
+def _hidden_states_module(model: Any, forward: Callable[..., Any]) -> Any:
+    """The encoder as a module of tensors only, what ``make_graphed_callables`` can capture."""
+    import torch
 
-    def __init__(self, model: Any, forward: Callable[..., Any]) -> None:
-        import torch
+    class HiddenStates(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model  # registered: its parameters are the graph's
 
-        class Core(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model  # registered: its parameters are the graph's
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            return forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                           return_dict=True).last_hidden_state
 
-            def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-                return forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                               return_dict=True).last_hidden_state
-
-        self.module = Core()
+    return HiddenStates()
 
 
 def capture_with_cuda_graphs(module: Any, sample_args: tuple[Any, ...], pool: Any) -> Callable[..., Any]:
@@ -226,7 +224,7 @@ class GraphedEncoder:
                 self.pools[slot] = torch.cuda.graph_pool_handle()
             log.info("train: capturing CUDA graphs for pass %d of %d rows x %d tokens (%d captured)", slot,
                      ids.shape[0], ids.shape[1], len(self.graphs) + 1)
-            run = self.capture(_HiddenStates(self.model, self.eager_forward).module, (ids, mask, types),
+            run = self.capture(_hidden_states_module(self.model, self.eager_forward), (ids, mask, types),
                                self.pools.get(slot))
             self.graphs[key] = run
         hidden = run(ids, mask, types)
