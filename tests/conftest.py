@@ -67,17 +67,63 @@ def any_root(request, tmp_path, monkeypatch) -> str:
     s3.forget_clients()
 
 
+class LocalRaySession:
+    """The session's local Ray, watched: if its GCS or raylet dies, the death is kept for the summary and the
+    driver shut down (Ray would otherwise end pytest a minute later with exit 1 and no output); the next test
+    that needs Ray starts a new one."""
+
+    def __init__(self) -> None:
+        self.watches: list = []
+
+    @property
+    def deaths(self) -> list:
+        return [death for watch in self.watches for death in watch.deaths]
+
+    def ensure(self):
+        import ray
+
+        from mrlkit.config_schema import RayConfig
+        from mrlkit.ray_runtime import init_ray
+        from mrlkit.testing.ray_watch import RayNodeWatch
+
+        if self.watches and not self.watches[-1].dead:
+            return ray
+        if self.watches:
+            self.watches[-1].stop()  # joins the watch: its shutdown of the dead driver has finished
+        init_ray(RayConfig(num_cpus=2))
+        self.watches.append(RayNodeWatch(ray._private.worker._global_node, ray.shutdown).start())
+        return ray
+
+    def close(self) -> None:
+        import ray
+
+        if self.watches:
+            self.watches[-1].stop()  # an intended shutdown is not a death
+        ray.shutdown()
+
+
+RAY_SESSION = LocalRaySession()
+
+
 @pytest.fixture(scope="session")
 def ray_local(rclone_server):
     """A real local Ray with 2 CPUs, shared by the session (S3 settings already in its environment)."""
-    import ray
+    yield RAY_SESSION.ensure()
+    RAY_SESSION.close()
 
-    from mrlkit.config_schema import RayConfig
-    from mrlkit.ray_runtime import init_ray
 
-    init_ray(RayConfig(num_cpus=2))
-    yield ray
-    ray.shutdown()
+@pytest.fixture(autouse=True)
+def _ray_alive_for_tests_that_need_it(request):
+    """After a death of the session's Ray, the next test that needs it gets a new one (the fixture above is cached)."""
+    if "ray_local" in request.fixturenames:
+        RAY_SESSION.ensure()
+
+
+def pytest_terminal_summary(terminalreporter):
+    if RAY_SESSION.deaths:
+        terminalreporter.section("the session's local Ray died", sep="!", red=True, bold=True)
+        for death in RAY_SESSION.deaths:
+            terminalreporter.write_line(death.describe())
 
 
 @pytest.fixture(scope="session")

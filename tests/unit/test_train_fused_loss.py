@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -132,7 +133,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _gather_worker(rank: int, world: int, port: int, model_dir: str, results: dict) -> None:
+def _gather_worker(rank: int, world: int, port: int, model_dir: str, results: str) -> None:
     """One gloo worker: each rank scores its own half of the batch against both halves' candidates."""
     import torch.distributed as dist
     from sentence_transformers import SentenceTransformer
@@ -150,19 +151,18 @@ def _gather_worker(rank: int, world: int, port: int, model_dir: str, results: di
         fused = _value_and_grads(model, FusedMatryoshkaLoss(model, _mnrl(model, gather_across_devices=True), dims),
                                  columns)
         _assert_same(reference, fused)
-        results[rank] = float(fused[0])
+        Path(results, f"rank{rank}").write_text(repr(float(fused[0])))
     finally:
         dist.destroy_process_group()
 
 
-def test_same_loss_across_two_gloo_workers_gathering_candidates(tiny_model, model):
+def test_same_loss_across_two_gloo_workers_gathering_candidates(tiny_model, model, tmp_path):
     import torch.multiprocessing as mp
 
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.spawn(_gather_worker, args=(2, _free_port(), tiny_model, results), nprocs=2, join=True)
-        values = dict(results)
-    assert sorted(values) == [0, 1]
+    # Results come back in files, not through a multiprocessing.Manager: a Manager is forked from this process,
+    # which may hold the test session's Ray driver (its threads and sockets); spawned workers start clean.
+    mp.spawn(_gather_worker, args=(2, _free_port(), tiny_model, str(tmp_path)), nprocs=2, join=True)
+    values = {rank: float(Path(tmp_path, f"rank{rank}").read_text()) for rank in (0, 1)}
     # each worker scored its 4 anchors against all 8 candidates: together, the one-process loss on 8 pairs
     with torch.no_grad():
         whole = FusedMatryoshkaLoss(model, _mnrl(model), [32, 16, 8])([model.tokenize(c) for c in (ANCHORS, POSITIVES)])
