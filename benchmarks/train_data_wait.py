@@ -4,13 +4,14 @@ Issue 4's H100 steps are bound by their host (~150 ms a step for ~25 ms of GPU k
 millisecond the training process spends outside the model adds to every step. One such cost is the
 batch itself: the no-duplicates sampler picks rows, the trainer's data loader reads them and the data
 collator tokenizes them, all in the training process unless ``train.dataloader_workers`` moves the
-reading and tokenizing into loader processes (the sampler stays in the training process).
+reading and tokenizing into loader processes (the sampler stays in the training process), or
+``train.pretokenize`` (on by default) tokenized every text before training, so the collator only pads.
 
 This runs mrlkit's trainer data path (``training_arguments``, sentence-transformers' no-duplicates
 sampler and collator, MiniLM's tokenizer) on pairs with the seed dataset's token lengths, and stands
 a busy host in for the step: the training process spins for ``--step-ms`` between batches (holding the
-GIL, as a host-bound step's Python does). Per ``train.dataloader_workers`` setting, interleaved over
-``--rounds``, the median over the steps of:
+GIL, as a host-bound step's Python does). Per ``train.dataloader_workers`` and ``train.pretokenize``
+setting, interleaved over ``--rounds``, the median over the steps of:
 
 - ``wait_ms``: the time the training process waits for the next batch;
 - ``over_spin_ms``: what the batch added to the step's wall time.
@@ -20,6 +21,7 @@ No GPU and no model compute: on a GPU, loaders can save at most the ``wait_ms`` 
 Run::
 
     .venv/bin/python benchmarks/train_data_wait.py --loaders 0,1 --step-ms 150
+    .venv/bin/python benchmarks/train_data_wait.py --loaders 0,1 --pretokenize off,on --lengths full --seq-len 256
 
 Writes ``benchmarks/results/train_data_wait.json`` (or ``--out``) with the machine and the command.
 """
@@ -74,6 +76,7 @@ def measure(cfg, out_dir: Path, steps: int, step_ms: float) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--loaders", default="0,1", help="comma-separated train.dataloader_workers settings")
+    parser.add_argument("--pretokenize", default="on", help="comma-separated train.pretokenize settings: on, off")
     parser.add_argument("--step-ms", type=float, default=150.0,
                         help="host time a step spends besides its batch (150: the H100 profile of issue 4)")
     parser.add_argument("--steps", type=int, default=60)
@@ -90,6 +93,10 @@ def main() -> int:
         settings = []
     if not settings or min(settings) < 0:
         parser.error(f"--loaders takes comma-separated counts >= 0, e.g. 0,1; got {args.loaders!r}")
+    tokenize = [x.strip() for x in args.pretokenize.split(",") if x.strip()]
+    if not tokenize or set(tokenize) - {"on", "off"}:
+        parser.error(f"--pretokenize takes on, off or both (on,off); got {args.pretokenize!r}")
+    grid = [(loaders, pre) for loaders in settings for pre in tokenize]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     from mrlkit.models import init_random_model
@@ -102,18 +109,20 @@ def main() -> int:
                             threads=1, use_gpu=False, precision="auto")
     pairs = args.batch_size * (args.steps + 2)  # a spare batch or two: a deferred duplicate must not end the epoch
     tt.make_pairs(work, pairs, args.lengths, args.seq_len)
-    by_setting: dict[str, list[dict[str, float]]] = {str(n): [] for n in settings}
+    names = {(loaders, pre): f"loaders={loaders} pretokenize={pre}" for loaders, pre in grid}
+    by_setting: dict[str, list[dict[str, float]]] = {name: [] for name in names.values()}
     for rnd in range(args.rounds):
-        for loaders in settings:
+        for loaders, pre in grid:
             # pipeline_config reserves a CPU per loader beside the training process (cpus_per_worker = 1 + loaders)
-            cfg = tt.pipeline_config(ns, work, model_dir, run=f"loaders{loaders}-{rnd}",
-                                     extra=[f"train.dataloader_workers={loaders}"])
-            runs = by_setting[str(loaders)]
-            runs.append(measure(cfg, work / f"out-{loaders}-{rnd}", args.steps, args.step_ms))
-            print(f"round {rnd} loaders={loaders}: {runs[-1]}", flush=True)
+            cfg = tt.pipeline_config(ns, work, model_dir, run=f"loaders{loaders}-{pre}-{rnd}",
+                                     extra=[f"train.dataloader_workers={loaders}",
+                                            f"train.pretokenize={str(pre == 'on').lower()}"])
+            runs = by_setting[names[loaders, pre]]
+            runs.append(measure(cfg, work / f"out-{loaders}-{pre}-{rnd}", args.steps, args.step_ms))
+            print(f"round {rnd} {names[loaders, pre]}: {runs[-1]}", flush=True)
     figures = {n: {key: statistics.median(r[key] for r in runs) for key in runs[0]} for n, runs in by_setting.items()}
     for n, fig in figures.items():
-        print(f"loaders={n}: wait {fig['wait_ms']} ms, step {fig['step_ms']} ms ({fig['over_spin_ms']} ms over "
+        print(f"{n}: wait {fig['wait_ms']} ms, step {fig['step_ms']} ms ({fig['over_spin_ms']} ms over "
               f"the {args.step_ms:g} ms spin)")
     write_result("train_data_wait", {
         "setup": {"batch_size": args.batch_size, "seq_len": args.seq_len, "lengths": args.lengths,

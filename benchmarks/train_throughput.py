@@ -165,6 +165,7 @@ def seed_trainer(cfg: Any, out_dir: Path, *, max_steps: int | None = None, callb
     from mrlkit import layout
     from mrlkit.train.data import load_train_dataset
     from mrlkit.train.loss import build_loss
+    from mrlkit.train.pretokenize import pretokenize_collator
     from mrlkit.train.worker import prepare_model, training_arguments
 
     model = SentenceTransformer(cfg.train.base_model, device="cpu")
@@ -178,8 +179,11 @@ def seed_trainer(cfg: Any, out_dir: Path, *, max_steps: int | None = None, callb
     if max_steps is not None:
         args.max_steps = max_steps
     loss_cfg = cfg.train if mrlkit_settings else seed_loss_config(cfg.train)
-    return SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, callbacks=callbacks,
-                                      loss=build_loss(model, loss_cfg, distributed=False))
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, callbacks=callbacks,
+                                         loss=build_loss(model, loss_cfg, distributed=False))
+    if mrlkit_settings and cfg.train.pretokenize:
+        pretokenize_collator(trainer.data_collator, [dataset])
+    return trainer
 
 
 def run_plain(cfg: Any, out_dir: Path) -> dict[str, float]:
@@ -196,7 +200,8 @@ LEVERS = {"bucket": "train.length_bucketing=true", "compile": "train.compile=tru
           "merge": "train.merge_columns=true", "unfused": "train.fused_loss=false",
           "loaders": "train.dataloader_workers=1", "loaders2": "train.dataloader_workers=2",
           "loaders4": "train.dataloader_workers=4",
-          "nodropout": "train.dropout=0.0", "bf16": "train.precision=bf16", "graphs": "train.cuda_graphs=true"}
+          "nodropout": "train.dropout=0.0", "bf16": "train.precision=bf16", "graphs": "train.cuda_graphs=true",
+          "tokenize": "train.pretokenize=false"}  # tokenize: each batch as it comes, as before pretokenize
 
 
 def worker_overrides(mode: str) -> list[str]:

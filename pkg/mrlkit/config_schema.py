@@ -257,6 +257,7 @@ class TrainConfig:
     # (mrlkit.train.resources)
     cpus_per_worker: int | None = None
     dataloader_workers: int = 0
+    pretokenize: bool = True  # tokenize every text once before training; batches are only padded (train.pretokenize)
     eval_strategy: Literal["epoch", "steps", "no"] = "epoch"
     eval_steps: int | None = None
     save_steps: int | None = None

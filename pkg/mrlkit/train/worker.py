@@ -32,6 +32,7 @@ from mrlkit.config_schema import PipelineConfig, TrainConfig
 from mrlkit.train import callbacks as cb
 from mrlkit.train.data import load_eval_dataset, load_train_dataset
 from mrlkit.train.loss import build_loss
+from mrlkit.train.pretokenize import pretokenize_collator
 
 log = logging.getLogger("mrlkit.train")
 
@@ -339,6 +340,7 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                                          loss=loss, evaluator=evaluator, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # ProgressCallback logs one readable line instead of raw dicts
+    pretokenized = pretokenize_collator(trainer.data_collator, [train_ds, eval_ds]) if train.pretokenize else None
     if use_ray:
         from ray.train.huggingface.transformers import prepare_trainer
 
@@ -364,6 +366,10 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
     summary = {**progress.progress(trainer.state), "train_loss": result.training_loss,
                "train_seconds": round(seconds, 2), "world_size": world_size, "torch_threads": torch.get_num_threads(),
                "best_metric": trainer.state.best_metric, "output_dir": str(output_dir)}
+    if pretokenized is not None:
+        summary["pretokenized"] = {"texts": pretokenized.texts, "tokens": pretokenized.tokens,
+                                   "seconds": round(pretokenized.seconds, 2),
+                                   "fallback_batches": pretokenized.fallback_batches}  # this process's only
     if graphs is not None:
         summary["cuda_graphs"] = {"captured": len(graphs.graphs), "replays": graphs.replays,
                                   "eager_passes": graphs.eager_passes}
