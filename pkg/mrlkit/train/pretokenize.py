@@ -125,7 +125,8 @@ class PretokenizedPreprocess:
 
     def _unpadded_rows(self, out: dict[str, Any]) -> dict[str, np.ndarray]:
         """A chunk's token rows as numpy, after checking it has the probe's layout."""
-        if set(out) != set(self._keys) | set(self._extras) or any(out[k] != v for k, v in self._extras.items()):
+        if set(out) != set(self._keys) | set(self._extras) or any(
+                type(out[k]) is not type(v) or out[k] != v for k, v in self._extras.items()):
             raise NotPretokenizable(f"the tokenizer's outputs changed between calls ({sorted(out)})")
         mask = out[MASK].numpy()
         lengths = mask.sum(axis=1)
