@@ -65,7 +65,8 @@ class PretokenizedPreprocess:
         if not unique:
             raise NotPretokenizable("no texts to tokenize")
         self._index = {text: i for i, text in enumerate(unique)}
-        self._order, self._keys, self._pad, self._torch_dtypes, self._extras = self._probe()
+        self._order, self._pad, self._torch_dtypes, self._extras = self._probe()
+        self._keys = list(self._pad)  # the token-row outputs: those with a padding value
         flats: dict[str, list[np.ndarray]] = {key: [] for key in self._keys}
         lengths: list[np.ndarray] = []
         said = time.perf_counter()
@@ -96,8 +97,8 @@ class PretokenizedPreprocess:
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self._flat.values()) + self._lengths.nbytes + self._offsets.nbytes
 
-    def _probe(self) -> tuple[list[str], list[str], dict[str, int], dict[str, Any], dict[str, Any]]:
-        """The outputs in order; which are token rows, their padding values and dtypes; the constant extras."""
+    def _probe(self) -> tuple[list[str], dict[str, int], dict[str, Any], dict[str, Any]]:
+        """The outputs in order; the token rows' padding values and dtypes; the constant extras."""
         import torch
 
         out = self._preprocess(["a", "a b c d e f g h"], prompt=None, task=None)
@@ -110,18 +111,17 @@ class PretokenizedPreprocess:
             raise NotPretokenizable("the tokenizer does not pad on the right")
         if not bool(mask[1].all()):
             raise NotPretokenizable("the tokenizer pads beyond the longest text (to a multiple or a fixed length)")
-        keys, pad, dtypes, extras = [], {}, {}, {}
+        pad, dtypes, extras = {}, {}, {}
         for key, value in out.items():
             if isinstance(value, torch.Tensor) and value.dim() == 2 and tuple(value.shape) == tuple(mask.shape) \
                     and not value.is_floating_point():
-                keys.append(key)
                 pad[key] = int(value[0, -1])
                 dtypes[key] = value.dtype
             elif isinstance(value, (str, int, float, bool)) or value is None:
                 extras[key] = value
             else:
                 raise NotPretokenizable(f"output {key!r} is neither token rows nor a constant ({type(value).__name__})")
-        return list(out), keys, pad, dtypes, extras
+        return list(out), pad, dtypes, extras
 
     def _unpadded_rows(self, out: dict[str, Any]) -> dict[str, np.ndarray]:
         """A chunk's token rows as numpy, after checking it has the probe's layout."""

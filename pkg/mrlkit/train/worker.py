@@ -340,7 +340,6 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                                          loss=loss, evaluator=evaluator, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # ProgressCallback logs one readable line instead of raw dicts
-    pretokenized = pretokenize_collator(trainer.data_collator, [train_ds, eval_ds]) if train.pretokenize else None
     if use_ray:
         from ray.train.huggingface.transformers import prepare_trainer
 
@@ -354,6 +353,9 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
             resume = str(download_checkpoint(ray_checkpoint, downloaded))
             log.info("train: worker %d resumes from %s", rank, ray_checkpoint.path)
         done = _finished_step(trainer, resume) if resume else None
+        # Only a run that trains tokenizes, and inside train_seconds as per-batch tokenizing was before.
+        pretokenized = (pretokenize_collator(trainer.data_collator, [train_ds, eval_ds])
+                        if train.pretokenize and done is None else None)
         result = None if done is not None else trainer.train(resume_from_checkpoint=resume)
     finally:
         shutil.rmtree(downloaded, ignore_errors=True)
