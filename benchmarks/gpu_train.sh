@@ -11,8 +11,8 @@
 #     --platform manylinux2014_x86_64 -d .devbench/whl datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 \
 #     sentence-transformers==6.2.0 transformers==5.24.0   (the versions CI tests; the image has older ones)
 # Writes JSON results and logs under OUT (default benchmarks/results/gpu).
-#   bash benchmarks/gpu_train.sh [check,levers,recipe,full,mfu,pretok,...|all]   (one part or several, comma-separated)
-# each part is bounded (check 100 s, levers 170, recipe 150, full 110, profile 150, *_loaders 110-150, mfu 280, pretok 200): four parts
+#   bash benchmarks/gpu_train.sh [check,levers,recipe,full,mfu,pretok,unpad,...|all]   (one part or several, comma-separated)
+# each part is bounded (check 100 s, levers 170, recipe 150, full 110, profile 150, *_loaders 110-150, mfu 280, pretok 200, unpad 200): four parts
 # fit a 600 s command and its 8 files (check,recipe,levers,full; profile,full_loaders,recipe_loaders,levers_loaders).
 set -uo pipefail
 DEV=${DEVBENCH:-.devbench}
@@ -67,6 +67,11 @@ has mfu && bench train_gpu_mfu_batch 170 --lengths full --seq-len 256 --pairs 40
   --batch-size 128 --modes worker+merge+graphs+loaders4,worker+merge+loaders4
 has mfu && bench train_gpu_mfu_batch64 110 --lengths full --seq-len 256 --pairs 4096 --epochs 1 --repeats 1 \
   --batch-size 64 --modes worker+merge+graphs+loaders4
+# train.unpad (on by default since session 19): random batches at the seed's lengths are 59% padding; eager
+# steps padded (+padded, as every figure before it) and unpadded (variable-length flash attention), at batch 128
+# where the padding's compute shows, beside the best graphed setting (graphs replay fixed shapes: padded)
+has unpad && bench train_gpu_unpad 200 --lengths financial --seq-len 512 --pairs 6300 --epochs 1 --repeats 1 \
+  --batch-size 128 --modes worker+merge+nodropout+padded,worker+merge+nodropout,worker+bucket+merge+graphs+nodropout
 # where a graphed step's time goes at 256 tokens a text, past its one capture
 has profile && { timeout 150 python3 benchmarks/train_step_profile.py --tokenizer "$DEV/tok" --lengths full \
   --seq-len 256 --pairs 2048 --steps 60 --profile-wait 30 --profile-mrlkit --set train.cuda_graphs=true \

@@ -15,7 +15,8 @@ Same synthetic pairs, batch size, sequence length and model in every mode, one p
   ``worker+merge`` (``train.merge_columns``), ``worker+loaders`` (``train.dataloader_workers=1``: batches
   tokenized in a loader process), ``worker+nodropout`` (``train.dropout=0``), ``worker+bf16``
   (``train.precision=bf16``, on a CPU too), or its fused loss off: ``worker+unfused``; combine them as
-  ``worker+bucket+merge``.
+  ``worker+bucket+merge``. Levers that turn a default off: ``worker+tokenize`` (``train.pretokenize=false``)
+  and ``worker+padded`` (``train.unpad=false``: the encoder computes on padding, as every run did before).
 
 ``--model-shape launch`` is bge-base's 12 layers at width 24: with short texts and small batches it
 computes little, so on a CPU its step is mostly the host's work (dispatch, tokenization, the trainer), a
@@ -201,7 +202,8 @@ LEVERS = {"bucket": "train.length_bucketing=true", "compile": "train.compile=tru
           "loaders": "train.dataloader_workers=1", "loaders2": "train.dataloader_workers=2",
           "loaders4": "train.dataloader_workers=4",
           "nodropout": "train.dropout=0.0", "bf16": "train.precision=bf16", "graphs": "train.cuda_graphs=true",
-          "tokenize": "train.pretokenize=false"}  # tokenize: each batch as it comes, as before pretokenize
+          "tokenize": "train.pretokenize=false",  # tokenize: each batch as it comes, as before pretokenize
+          "padded": "train.unpad=false"}  # padded: the encoder computes on padding too, as before unpad
 
 
 def worker_overrides(mode: str) -> list[str]:

@@ -258,6 +258,7 @@ class TrainConfig:
     cpus_per_worker: int | None = None
     dataloader_workers: int = 0
     pretokenize: bool = True  # tokenize every text once before training; batches are only padded (train.pretokenize)
+    unpad: bool = True  # the encoder computes on real tokens only, never on padding (mrlkit.train.unpad)
     eval_strategy: Literal["epoch", "steps", "no"] = "epoch"
     eval_steps: int | None = None
     save_steps: int | None = None

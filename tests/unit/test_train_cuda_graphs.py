@@ -184,7 +184,7 @@ def test_the_worker_wraps_the_encoder_when_the_config_says_so(model):
     from mrlkit.config_schema import TrainConfig
     from mrlkit.train.worker import prepare_model
 
-    assert prepare_model(model, TrainConfig()) is None
+    assert prepare_model(model, TrainConfig(unpad=False)) is None
     wrapper = prepare_model(model, TrainConfig(cuda_graphs=True, use_gpu=True))
     assert isinstance(wrapper, GraphedEncoder) and model[0].auto_model.forward is wrapper
     _embed(model, TEXTS).sum().backward()  # CPU tensors: the wrapper runs the encoder eagerly

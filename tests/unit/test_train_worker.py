@@ -7,6 +7,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
 from test_train_setup import publish_pairs
 
 from mrlkit import layout
@@ -149,7 +150,9 @@ def test_loader_processes_train_the_same_batches(tmp_path, tiny_model, monkeypat
             losses[loaders] = summary["train_loss"]
     finally:
         torch.set_num_threads(threads_before)  # the loop sets this process's threads, as a worker's own
-    assert losses[1] == losses[0] > 0
+    # the same batches; the training process's thread count (2, then 1) may split a matrix product's sums
+    # differently, so the last bits may differ
+    assert losses[1] == pytest.approx(losses[0], rel=1e-6) and losses[0] > 0
 
 
 def test_each_worker_resumes_from_its_own_copy_of_the_checkpoint(tmp_path):

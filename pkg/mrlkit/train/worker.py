@@ -248,8 +248,9 @@ def _worker_logging() -> None:
 
 
 def prepare_model(model: Any, train: TrainConfig, rank: int = 0) -> Any:
-    """Apply the config's model-side settings (sequence length, dropout, compile, CUDA graphs) to a loaded
-    ``SentenceTransformer``; returns the CUDA-graph wrapper when ``train.cuda_graphs`` is on, else None."""
+    """Apply the config's model-side settings (sequence length, dropout, compile, CUDA graphs, unpadding) to a
+    loaded ``SentenceTransformer``; returns the wrapper of the encoder's forward (``GraphedEncoder`` with
+    ``train.cuda_graphs``, ``UnpaddedEncoder`` with ``train.unpad``), or None when neither wraps it."""
     if train.max_seq_length:
         model.max_seq_length = train.max_seq_length
     if train.dropout is not None:
@@ -266,14 +267,37 @@ def prepare_model(model: Any, train: TrainConfig, rank: int = 0) -> Any:
 
         log.info("train: worker %d compiles %d transformer blocks (torch.compile, dynamic shapes)", rank,
                  compile_blocks(model))
-    graphs = None
     if train.cuda_graphs:
         from mrlkit.train.cuda_graphs import graph_encoder_forward
 
         graphs = graph_encoder_forward(model)
         log.info("train: worker %d replays the encoder's training passes as CUDA graphs (one per batch shape, "
-                 "lengths padded to a multiple of %d)", rank, graphs.pad_multiple)
-    return graphs
+                 "lengths padded to a multiple of %d)%s", rank, graphs.pad_multiple,
+                 "; train.unpad is off with them (a graph replays fixed shapes)" if train.unpad else "")
+        return graphs
+    if train.unpad:
+        return _unpad(model, train, rank)
+    return None
+
+
+def _unpad(model: Any, train: TrainConfig, rank: int) -> Any:
+    """``train.unpad``: the unpadding wrapper, or None (with a warning naming why) for a model it cannot serve."""
+    from mrlkit.train.unpad import NotUnpaddable, unpad_encoder
+
+    if train.compile:
+        # compiled blocks see new token counts every batch; the two are not yet measured together
+        log.info("train: worker %d computes on padding: train.unpad is off with train.compile", rank)
+        return None
+    try:
+        wrapper = unpad_encoder(model, varlen=train.use_gpu)
+    except NotUnpaddable as err:
+        log.warning("train: worker %d computes on padding: train.unpad cannot serve %s: %s", rank,
+                    train.base_model, err)
+        return None
+    log.info("train: worker %d computes on real tokens only (train.unpad; attention %s)", rank,
+             "by variable-length flash kernels on the GPU, once checked there" if wrapper.varlen
+             else "in groups of texts of similar length, each padded to its longest")
+    return wrapper
 
 
 def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
@@ -315,7 +339,7 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
 
     model = SentenceTransformer(resolve_model(train.base_model), device="cpu")
-    graphs = prepare_model(model, train, rank)
+    encoder_wrapper = prepare_model(model, train, rank)
     train_ds = load_train_dataset(layout.pairs_uri(cfg), train.max_train_pairs)
     evaluating = train.eval_strategy != "no"
     eval_ds = load_eval_dataset(layout.pairs_uri(cfg)) if evaluating else None
@@ -372,9 +396,14 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
         summary["pretokenized"] = {"texts": pretokenized.texts, "tokens": pretokenized.tokens,
                                    "seconds": round(pretokenized.seconds, 2),
                                    "fallback_batches": pretokenized.fallback_batches}  # this process's only
-    if graphs is not None:
-        summary["cuda_graphs"] = {"captured": len(graphs.graphs), "replays": graphs.replays,
-                                  "eager_passes": graphs.eager_passes}
+    if train.cuda_graphs and encoder_wrapper is not None:
+        summary["cuda_graphs"] = {"captured": len(encoder_wrapper.graphs), "replays": encoder_wrapper.replays,
+                                  "eager_passes": encoder_wrapper.eager_passes}
+    elif encoder_wrapper is not None:
+        summary["unpadded"] = {"packed_passes": encoder_wrapper.packed_passes,
+                               "eager_passes": encoder_wrapper.eager_passes,
+                               "real_token_fraction": round(encoder_wrapper.real_tokens
+                                                            / max(encoder_wrapper.padded_tokens, 1), 3)}
     if rank == 0:
         log.info("train: worker done: %s", summary)
     if use_ray and own_scratch:  # under Ray the checkpoints live in Ray storage; local copies are scratch

@@ -1,0 +1,372 @@
+"""``train.unpad``: the encoder computes on a batch's real tokens only, never on its padding.
+
+Why: a batch pads every text to its longest. At the seed dataset's lengths random batches of 32
+pairs are 41% real tokens and 59% padding (``benchmarks/train_throughput.py``'s measured
+distribution), and an encoder's linear layers, layer norms and activations, nearly all of its
+work at these lengths, cost the same for a padding token as for a real one. Length bucketing
+(``train.length_bucketing``) also cuts the padding, but by changing which pairs share a batch,
+and so the in-batch negatives the loss sees; unpadding keeps the seed's random batches and
+computes the same function (the same numbers up to the order of floating-point sums; dropout, when
+on, draws other masks).
+
+How: the Hugging Face model's ``forward`` is wrapped. It packs the batch's real tokens into one
+row (``[1, tokens]``) with each token's own position id and token type, so everything outside
+attention is position-wise and sees only real tokens. Attention is the one place where tokens
+meet: a registered attention function gets the packing and attends within each text. On a GPU
+in half precision without attention dropout it runs PyTorch's variable-length flash attention
+(``torch.nn.attention.varlen``), once checked there against the path below. Otherwise the texts,
+sorted by length, are cut into a few groups (:func:`attention_groups`), and each group attends in
+one ``[texts, longest, ...]`` grid through ``scaled_dot_product_attention`` with a key mask: one
+grid for the whole batch would make every short text pay for the longest's length. The hidden
+states come back scattered into the padded ``[texts, length, hidden]`` shape, zeros at padding, so
+pooling and everything downstream are unchanged.
+
+Position ids are the columns the padded model gives the tokens (its default ``arange``), so the
+packed forward equals the padded one for every model whose only cross-token operator is attention
+and whose positions are absolute ids: BERT and its descendants (MiniLM, bge, e5). Before it is
+used, :func:`unpad_encoder` checks that on a sample batch and refuses any model where it does not
+hold (relative position biases, positions derived from the padding, as RoBERTa's are).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mrlkit.train.cuda_graphs import IGNORED_DEFAULTS
+
+log = logging.getLogger(__name__)
+
+ATTENTION_NAME = "mrlkit_unpadded"
+PACKED_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+CHECK_TEXTS = ("a", "unpadded attention attends within each text of the batch, never across texts",
+               "three words here", "")
+CHECK_TOLERANCE = 1e-4  # fp32, the same arithmetic in another order
+VARLEN_TOLERANCE = 0.05  # relative, bf16 (8 bits of mantissa) through a whole encoder and its backward
+# What attending in one more grid costs, in units of one query-key pair of attention (its forward and backward):
+# a grid is ~12 operators a layer, ~0.2 ms on a CPU, about the attention of a 32-token text (~1,000 pairs)
+GROUP_COST_PAIRS = 1024
+
+
+class NotUnpaddable(Exception):
+    """The model's packed forward does not reproduce its padded one; it keeps computing on padding."""
+
+
+def attention_groups(lengths: list[int], group_cost: int = GROUP_COST_PAIRS) -> list[list[int]]:
+    """Texts (indices into ``lengths``) in groups that each attend in one ``[texts, longest]`` grid.
+
+    One grid for a whole batch costs ``texts x longest^2`` pairs, so a single long text makes every short
+    one pay for its length (random batches at the seed's lengths: a 200-token context beside 40-token
+    ones). Texts sorted by length are cut into contiguous groups minimizing the pairs attended plus
+    ``group_cost`` a group (dynamic programming, O(texts^2) on the host). Longest group first.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    sorted_lengths = [lengths[i] for i in order]
+    n = len(order)
+    best = [0] + [None] * n  # best[i]: the cheapest cover of the i longest texts
+    cut = [0] * (n + 1)
+    for i in range(1, n + 1):
+        for j in range(i):  # the last group is texts j..i-1, padded to the longest of them, sorted_lengths[j]
+            cost = best[j] + (i - j) * sorted_lengths[j] ** 2 + group_cost
+            if best[i] is None or cost < best[i]:
+                best[i], cut[i] = cost, j
+    groups = []
+    i = n
+    while i > 0:
+        groups.append(order[cut[i]:i])
+        i = cut[i]
+    return groups[::-1]
+
+
+@dataclass(frozen=True)
+class AttentionGroup:
+    """Texts of similar length that attend in one padded grid of ``[texts, longest]``."""
+
+    texts: int
+    longest: int
+    tokens: Any  # [group tokens]: their places in the packed row, text by text
+    cells: Any  # [group tokens]: their cells in the flattened grid; None when every text is ``longest`` long
+    key_mask: Any  # [texts, longest] bool, the grid's real cells; None likewise (no mask: the fused kernel)
+
+
+@dataclass(frozen=True)
+class Packing:
+    """Where a batch's real tokens sit: one row of texts after one another, and the groups they attend in."""
+
+    groups: tuple[AttentionGroup, ...]
+    restore: Any  # [tokens]: the groups' outputs, concatenated, back into the packed row's order
+    cu_seqlens: Any  # [texts + 1] int32: where each text starts in the packed row
+    longest: int
+    # whether the variable-length flash kernel may run (on the GPU, once checked; when the layer's precision and
+    # dropout allow it)
+    varlen: bool
+
+
+def build_packing(lengths: list[int], device: Any, varlen: bool) -> Packing:
+    """The packing of texts of ``lengths`` real tokens, laid out one after another (host arithmetic)."""
+    import numpy as np
+    import torch
+
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    groups, order = [], []
+    for members in attention_groups(lengths):
+        group_lengths = [lengths[i] for i in members]
+        longest = max(group_lengths)
+        tokens = np.concatenate([np.arange(starts[i], starts[i] + lengths[i]) for i in members])
+        order.append(tokens)
+        cells = key_mask = None
+        if min(group_lengths) < longest:
+            cells = torch.from_numpy(np.concatenate([row * longest + np.arange(n)
+                                                     for row, n in enumerate(group_lengths)])).to(device)
+            key_mask = torch.from_numpy(np.arange(longest)[None, :] < np.array(group_lengths)[:, None]).to(device)
+        groups.append(AttentionGroup(len(members), longest, torch.from_numpy(tokens).to(device), cells, key_mask))
+    restore = torch.from_numpy(np.argsort(np.concatenate(order), kind="stable")).to(device)
+    cu_seqlens = torch.from_numpy(starts.astype(np.int32)).to(device)
+    return Packing(tuple(groups), restore, cu_seqlens, max(lengths), varlen)
+
+
+def _varlen_attn() -> Any:
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:  # PyTorch before 2.10
+        return None
+    return varlen_attn
+
+
+def unpadded_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
+                       dropout: float = 0.0, scaling: float | None = None, mrlkit_packing: Packing | None = None,
+                       **kwargs: Any) -> tuple[Any, None]:
+    """Attention within each text of a packed batch: ``query``/``key``/``value`` are ``[1, heads, tokens, dim]``.
+
+    Returns ``([1, tokens, heads, dim], None)``, what Hugging Face's attention functions return.
+    """
+    import torch
+
+    packing = mrlkit_packing
+    if packing is None or query.shape[0] != 1 or key.shape[1] != query.shape[1]:
+        raise NotUnpaddable(f"{ATTENTION_NAME} attention needs a packed batch with as many key as query heads "
+                            f"(got query {tuple(query.shape)}, key {tuple(key.shape)})")
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [tokens, heads, dim]
+    varlen_attn = _varlen_attn() if packing.varlen and dropout == 0.0 else None
+    if varlen_attn is not None and q.dtype in (torch.float16, torch.bfloat16):
+        out = varlen_attn(q.contiguous(), k.contiguous(), v.contiguous(), packing.cu_seqlens, packing.cu_seqlens,
+                          packing.longest, packing.longest, scale=scaling)
+        return out[None], None
+    heads, dim = q.shape[1], q.shape[2]
+    outputs = []
+    for group in packing.groups:
+        cells = group.texts * group.longest
+
+        def to_grid(t: Any, group: AttentionGroup = group, cells: int = cells) -> Any:
+            rows = t.index_select(0, group.tokens)
+            if group.cells is not None:
+                rows = rows.new_zeros(cells, heads, dim).index_copy(0, group.cells, rows)
+            return rows.view(group.texts, group.longest, heads, dim).transpose(1, 2)
+
+        mask = None if group.key_mask is None else group.key_mask[:, None, None, :]
+        out = torch.nn.functional.scaled_dot_product_attention(to_grid(q), to_grid(k), to_grid(v), attn_mask=mask,
+                                                               dropout_p=dropout, scale=scaling)
+        out = out.transpose(1, 2).reshape(cells, heads, dim)
+        outputs.append(out if group.cells is None else out.index_select(0, group.cells))
+    return torch.cat(outputs).index_select(0, packing.restore)[None], None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    AttentionInterface.register(ATTENTION_NAME, unpadded_attention)
+    # the packed batch has no padding, so the model's mask builder returns no mask, as it does for sdpa
+    AttentionMaskInterface.register(ATTENTION_NAME, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+
+
+class UnpaddedEncoder:
+    """The wrapped ``forward`` of a Hugging Face encoder; see the module docstring.
+
+    Forwards it cannot pack run as before: inputs other than token ids, mask and token types, a batch
+    without padding (nothing to save), a text with no token at all.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, varlen: bool = True,
+                 on_device: Callable[[Any], bool] | None = None) -> None:
+        _register()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.eager_forward = model.forward
+        # the flash kernel runs only once checked against the grid path on the GPU the model trains on: the
+        # model is loaded on the CPU and moved by the trainer, so the check waits for the first batch there
+        self.varlen = varlen
+        self.varlen_checked = False
+        self.on_device = on_device or (lambda t: t.is_cuda)  # where the flash kernel runs; tests pass a stand-in
+        self.packed_passes = 0
+        self.eager_passes = 0
+        self.real_tokens = 0
+        self.padded_tokens = 0
+        self._said: set[str] = set()
+
+    def _once(self, reason: str, message: str, *args: Any) -> None:
+        if reason not in self._said:
+            self._said.add(reason)
+            log.info(message, *args)
+
+    def _packable(self, kwargs: dict[str, Any]) -> bool:
+        if kwargs.get("input_ids") is None or kwargs.get("attention_mask") is None:
+            return False
+        # identity, not ==: the defaults are singletons (True, None), and == on a tensor argument is elementwise
+        extra = {k for k, v in kwargs.items()
+                 if k not in PACKED_INPUTS and not (k in IGNORED_DEFAULTS and v is IGNORED_DEFAULTS[k])}
+        if extra:
+            self._once("extra", "train.unpad: forwards with %s compute on padding", sorted(extra))
+            return False
+        return kwargs["attention_mask"].dim() == 2
+
+    def __call__(self, **kwargs: Any) -> Any:
+        if not self._packable(kwargs):
+            self.eager_passes += 1
+            return self.eager_forward(**kwargs)
+        return self.packed_forward(kwargs["input_ids"], kwargs["attention_mask"], kwargs.get("token_type_ids"))
+
+    def packed_forward(self, ids: Any, mask: Any, token_types: Any = None) -> Any:
+        """The forward on the real tokens of ``ids`` (``[texts, length]``), hidden states in the padded shape."""
+        from transformers.modeling_outputs import BaseModelOutput
+
+        varlen = self.varlen and self.on_device(ids)
+        if varlen and not self.varlen_checked:
+            check_varlen(self)
+            varlen = self.varlen
+        texts, length = ids.shape
+        real = mask.bool()
+        lengths_host = real.sum(1).tolist()  # the one host sync: the kernels need the sizes on the host
+        tokens = sum(lengths_host)
+        self.padded_tokens += texts * length
+        self.real_tokens += tokens
+        if tokens == texts * length or min(lengths_host, default=0) == 0:
+            # no padding: the packed forward would compute the same at a cost; a text with no token: what
+            # attention over no keys gives is up to each kernel, so it is left to the model's own
+            self.eager_passes += 1
+            return self.eager_forward(input_ids=ids, attention_mask=mask, token_type_ids=token_types,
+                                      return_dict=True)
+        flat_index = real.reshape(-1).nonzero_static(size=tokens).squeeze(1)  # row by row: texts one after another
+        columns = flat_index % length
+        packing = build_packing(lengths_host, ids.device, varlen)
+        packed_types = None if token_types is None else token_types.reshape(-1).index_select(0, flat_index)[None]
+
+        config = self.model.config
+        previous = config._attn_implementation
+        # only for this call: evaluation outside the wrapper, and the saved config, keep the model's own attention
+        config._attn_implementation = ATTENTION_NAME
+        try:
+            out = self.eager_forward(input_ids=ids.reshape(-1).index_select(0, flat_index)[None],
+                                     token_type_ids=packed_types, position_ids=columns[None], attention_mask=None,
+                                     return_dict=True, mrlkit_packing=packing)
+        finally:
+            config._attn_implementation = previous
+        self.packed_passes += 1
+        hidden = out.last_hidden_state[0]
+        padded = hidden.new_zeros(texts * length, hidden.shape[-1]).index_copy(0, flat_index, hidden)
+        return BaseModelOutput(last_hidden_state=padded.view(texts, length, -1))
+
+
+def _sample_batch(wrapper: UnpaddedEncoder, device: Any) -> tuple[Any, Any, Any]:
+    batch = wrapper.tokenizer(list(CHECK_TEXTS), padding=True, return_tensors="pt")
+    types = batch.get("token_type_ids")
+    return (batch["input_ids"].to(device), batch["attention_mask"].to(device),
+            None if types is None else types.to(device))
+
+
+def check_unpadded(wrapper: UnpaddedEncoder) -> float:
+    """The largest difference between the packed and the padded forward over the real tokens of a sample batch
+    (eval mode, no grad, fp32 arithmetic); raises NotUnpaddable past ``CHECK_TOLERANCE`` or on any error."""
+    import torch
+
+    model = wrapper.model
+    device = next(model.parameters()).device
+    ids, mask, types = _sample_batch(wrapper, device)
+    was_training, varlen = model.training, wrapper.varlen
+    model.eval()
+    wrapper.varlen = False  # the grid path; the flash kernel is checked against it on its own GPU (check_varlen)
+    try:
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
+            padded = wrapper.eager_forward(input_ids=ids, attention_mask=mask, token_type_ids=types,
+                                           return_dict=True).last_hidden_state
+            packed = wrapper.packed_forward(ids, mask, types).last_hidden_state
+    except NotUnpaddable:
+        raise
+    except Exception as err:  # any failure means the model cannot run packed
+        raise NotUnpaddable(f"its packed forward fails: {type(err).__name__}: {err}") from err
+    finally:
+        model.train(was_training)
+        wrapper.varlen = varlen
+    real = mask.bool()
+    diff = (packed[real] - padded[real]).abs().max().item()
+    scale = max(padded[real].abs().max().item(), 1.0)
+    if not diff <= CHECK_TOLERANCE * scale:
+        raise NotUnpaddable(f"its packed forward differs from the padded one by {diff:.3g} on a sample batch "
+                            "(positions or attention that depend on the padding)")
+    return diff
+
+
+def check_varlen(wrapper: UnpaddedEncoder) -> float | None:
+    """Compare the variable-length flash kernel with the grid path on a sample batch, forward and backward, in
+    bf16 autocast on the model's GPU; turns it off (``wrapper.varlen = False``, with a warning) if it fails or
+    differs by more than bf16's error. Returns the largest relative difference; None where it cannot run."""
+    import torch
+
+    wrapper.varlen_checked = True  # the runs below go through packed_forward, which would check again
+    weights = [p for p in wrapper.model.parameters() if p.requires_grad]
+    device = weights[0].device
+    if not wrapper.varlen or not wrapper.on_device(weights[0]) or _varlen_attn() is None:
+        return None
+    ids, mask, types = _sample_batch(wrapper, device)
+    was_training = wrapper.model.training
+    wrapper.model.eval()  # no dropout: both runs must compute the same function
+
+    def run(varlen: bool) -> list[Any]:
+        wrapper.varlen = varlen
+        # enable_grad: the first batch on the GPU may be an evaluation's, under no_grad
+        with torch.enable_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
+            hidden = wrapper.packed_forward(ids, mask, types).last_hidden_state.float()
+        # allow_unused: a pooler head that sentence-transformers never reads gets no gradient
+        grads = torch.autograd.grad(hidden.square().mean(), weights, allow_unused=True)
+        # the gradients compared as one vector: some are zero in exact arithmetic (a key projection's bias:
+        # softmax ignores what it adds to every score), so their own relative error is bf16's noise
+        return [hidden, torch.cat([g.reshape(-1) for g in grads if g is not None])]
+
+    try:
+        expected, got = run(False), run(True)
+        worst = max(((g - e).norm() / e.norm().clamp_min(1e-6)).item() for g, e in zip(got, expected, strict=True))
+    except Exception as err:  # a kernel this PyTorch or GPU lacks: the grid path still works
+        wrapper.varlen = False
+        log.warning("train.unpad: the variable-length flash kernel fails here (%s: %s); attention pads each "
+                    "batch's texts to its longest instead", type(err).__name__, err)
+        return None
+    finally:
+        wrapper.model.train(was_training)
+    wrapper.varlen = worst <= VARLEN_TOLERANCE
+    if not wrapper.varlen:
+        log.warning("train.unpad: the variable-length flash kernel differs from padded attention by %.3g "
+                    "(relative, bf16); attention pads each batch's texts to its longest instead", worst)
+    return worst
+
+
+def unpad_encoder(sentence_model: Any, **settings: Any) -> UnpaddedEncoder:
+    """Wrap the encoder of a ``SentenceTransformer`` (its first module's Hugging Face model) and check it.
+
+    ``settings``: :class:`UnpaddedEncoder`'s keyword arguments. Raises NotUnpaddable, naming what it found, for
+    a model whose packed forward does not match its padded one; the model is then left as it was.
+    """
+    first = sentence_model[0]
+    encoder = getattr(first, "auto_model", None)
+    tokenizer = getattr(first, "tokenizer", None)
+    if encoder is None or not hasattr(encoder, "config") or tokenizer is None:
+        raise NotUnpaddable(f"the model's first module ({type(first).__name__}) has no Hugging Face encoder "
+                            "and tokenizer")
+    if getattr(encoder.config, "is_decoder", False):
+        raise NotUnpaddable(f"{type(encoder).__name__} is a decoder (causal attention)")
+    wrapper = UnpaddedEncoder(encoder, tokenizer, **settings)
+    check_unpadded(wrapper)
+    wrapper.packed_passes = wrapper.eager_passes = wrapper.real_tokens = wrapper.padded_tokens = 0
+    encoder.forward = wrapper
+    return wrapper
