@@ -45,8 +45,8 @@ VARIANTS: dict[str, list[str]] = {
     # and a mined hard negative per pair (triplets), as the demo trains: what do they add on this data?
     "length-bucketing-no-dropout-hard-negatives": ["train.length_bucketing=true", "train.dropout=0",
                                                    "pairs.hard_negatives.enabled=true", "name=financial-hn"],
-    # the seed recipe in bf16 with the encoder computing on real tokens only (train.unpad, on by default since
-    # it came; the "bf16" entry predates it): the same batches and function, so the score should hold; the time?
+    # the seed recipe in bf16 with the encoder computing on real tokens only (train.unpad, the default; the
+    # "bf16" entry predates it): the same batches and function, so the score should hold; the time?
     "unpadded-bf16": ["train.precision=bf16", "train.unpad=true"],
     # the CPU levers together: bucketing, no dropout, bf16
     "length-bucketing-no-dropout-bf16": ["train.length_bucketing=true", "train.dropout=0", "train.precision=bf16"],

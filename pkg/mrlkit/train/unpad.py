@@ -238,7 +238,7 @@ class UnpaddedEncoder:
             varlen = self.varlen
         texts, length = ids.shape
         real = mask.bool()
-        lengths_host = real.sum(1).tolist()  # the one host sync: the kernels need the sizes on the host
+        lengths_host = real.sum(1).tolist()  # a host sync: the groups and the flash kernel need the sizes there
         tokens = sum(lengths_host)
         self.padded_tokens += texts * length
         self.real_tokens += tokens
@@ -248,7 +248,7 @@ class UnpaddedEncoder:
             self.eager_passes += 1
             return self.eager_forward(input_ids=ids, attention_mask=mask, token_type_ids=token_types,
                                       return_dict=True)
-        flat_index = real.reshape(-1).nonzero_static(size=tokens).squeeze(1)  # row by row: texts one after another
+        flat_index = real.reshape(-1).nonzero().squeeze(1)  # row by row: the texts one after another
         columns = flat_index % length
         packing = build_packing(lengths_host, ids.device, varlen)
         packed_types = None if token_types is None else token_types.reshape(-1).index_select(0, flat_index)[None]
@@ -339,15 +339,15 @@ def check_varlen(wrapper: UnpaddedEncoder) -> float | None:
         worst = max(((g - e).norm() / e.norm().clamp_min(1e-6)).item() for g, e in zip(got, expected, strict=True))
     except Exception as err:  # a kernel this PyTorch or GPU lacks: the grid path still works
         wrapper.varlen = False
-        log.warning("train.unpad: the variable-length flash kernel fails here (%s: %s); attention pads each "
-                    "batch's texts to its longest instead", type(err).__name__, err)
+        log.warning("train.unpad: the variable-length flash kernel fails here (%s: %s); attention runs in "
+                    "groups of texts of similar length instead", type(err).__name__, err)
         return None
     finally:
         wrapper.model.train(was_training)
     wrapper.varlen = worst <= VARLEN_TOLERANCE
     if not wrapper.varlen:
         log.warning("train.unpad: the variable-length flash kernel differs from padded attention by %.3g "
-                    "(relative, bf16); attention pads each batch's texts to its longest instead", worst)
+                    "(relative, bf16); attention runs in groups of texts of similar length instead", worst)
     return worst
 
 
