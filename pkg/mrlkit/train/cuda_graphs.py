@@ -49,6 +49,13 @@ GRAPHED_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 IGNORED_DEFAULTS = {"return_dict": True, "output_attentions": None, "output_hidden_states": None}
 
 
+def extra_arguments(kwargs: dict[str, Any], inputs: tuple[str, ...]) -> list[str]:
+    """The arguments of a forward call, besides ``inputs``, that carry something (``IGNORED_DEFAULTS`` do not)."""
+    # identity, not ==: the defaults are singletons (True, None), and == on a tensor argument is elementwise
+    return sorted(k for k, v in kwargs.items()
+                  if k not in inputs and not (k in IGNORED_DEFAULTS and v is IGNORED_DEFAULTS[k]))
+
+
 def padded_length(length: int, pad_multiple: int, max_length: int | None) -> int:
     """``length`` rounded up to a multiple of ``pad_multiple``, capped at ``max_length`` (never below ``length``)."""
     rounded = math.ceil(length / pad_multiple) * pad_multiple
@@ -148,11 +155,9 @@ class GraphedEncoder:
             return False
         if not (self.model.training and torch.is_grad_enabled() and self.on_device(ids)):
             return False
-        # identity, not ==: the defaults are singletons (True, None), and == on a tensor argument is elementwise
-        extra = {k for k, v in kwargs.items()
-                 if k not in GRAPHED_INPUTS and not (k in IGNORED_DEFAULTS and v is IGNORED_DEFAULTS[k])}
+        extra = extra_arguments(kwargs, GRAPHED_INPUTS)
         if extra:
-            self._once("extra", "train.cuda_graphs: forwards with %s run eagerly", sorted(extra))
+            self._once("extra", "train.cuda_graphs: forwards with %s run eagerly", extra)
             return False
         return True
 

@@ -33,9 +33,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
-from mrlkit.train.cuda_graphs import IGNORED_DEFAULTS
+from mrlkit.train.cuda_graphs import extra_arguments
 
 log = logging.getLogger(__name__)
 
@@ -91,40 +92,60 @@ class AttentionGroup:
     key_mask: Any  # [texts, longest] bool, the grid's real cells; None likewise (no mask: the fused kernel)
 
 
-@dataclass(frozen=True)
 class Packing:
-    """Where a batch's real tokens sit: one row of texts after one another, and the groups they attend in."""
+    """Where a batch's real tokens sit: texts of ``lengths`` tokens one after another in one row.
 
-    groups: tuple[AttentionGroup, ...]
-    restore: Any  # [tokens]: the groups' outputs, concatenated, back into the packed row's order
-    cu_seqlens: Any  # [texts + 1] int32: where each text starts in the packed row
-    longest: int
-    # whether the variable-length flash kernel may run (on the GPU, once checked; when the layer's precision and
-    # dropout allow it)
-    varlen: bool
+    What each attention path needs is built on its first use and kept for the pass's other layers, so a
+    pass builds only its own path's index tensors (host arithmetic, then copies to ``device``): ``grids``
+    for the grouped path, ``cu_seqlens`` for the flash kernel.
+    """
 
+    def __init__(self, lengths: list[int], device: Any, varlen: bool) -> None:
+        self.lengths = lengths
+        self.device = device
+        self.longest = max(lengths)
+        # whether the variable-length flash kernel may run (on the GPU, once checked; when the layer's precision
+        # and dropout allow it)
+        self.varlen = varlen
 
-def build_packing(lengths: list[int], device: Any, varlen: bool) -> Packing:
-    """The packing of texts of ``lengths`` real tokens, laid out one after another (host arithmetic)."""
-    import numpy as np
-    import torch
+    @cached_property
+    def starts(self) -> Any:
+        import numpy as np
 
-    starts = np.concatenate([[0], np.cumsum(lengths)])
-    groups, order = [], []
-    for members in attention_groups(lengths):
-        group_lengths = [lengths[i] for i in members]
-        longest = max(group_lengths)
-        tokens = np.concatenate([np.arange(starts[i], starts[i] + lengths[i]) for i in members])
-        order.append(tokens)
-        cells = key_mask = None
-        if min(group_lengths) < longest:
-            cells = torch.from_numpy(np.concatenate([row * longest + np.arange(n)
-                                                     for row, n in enumerate(group_lengths)])).to(device)
-            key_mask = torch.from_numpy(np.arange(longest)[None, :] < np.array(group_lengths)[:, None]).to(device)
-        groups.append(AttentionGroup(len(members), longest, torch.from_numpy(tokens).to(device), cells, key_mask))
-    restore = torch.from_numpy(np.argsort(np.concatenate(order), kind="stable")).to(device)
-    cu_seqlens = torch.from_numpy(starts.astype(np.int32)).to(device)
-    return Packing(tuple(groups), restore, cu_seqlens, max(lengths), varlen)
+        return np.concatenate([[0], np.cumsum(self.lengths)])  # where each text starts in the row, and the end
+
+    @cached_property
+    def cu_seqlens(self) -> Any:
+        """[texts + 1] int32: ``starts`` on the device, as the flash kernel takes them."""
+        import numpy as np
+        import torch
+
+        return torch.from_numpy(self.starts.astype(np.int32)).to(self.device)
+
+    @cached_property
+    def grids(self) -> tuple[tuple[AttentionGroup, ...], Any]:
+        """The groups the texts attend in (:func:`attention_groups`), and ``restore``: the ``[tokens]`` order
+        that puts the groups' outputs, concatenated, back into the row's."""
+        import numpy as np
+        import torch
+
+        lengths, starts, device = self.lengths, self.starts, self.device
+        groups, order = [], []
+        for members in attention_groups(lengths):
+            group_lengths = [lengths[i] for i in members]
+            longest = max(group_lengths)
+            tokens = np.concatenate([np.arange(starts[i], starts[i] + lengths[i]) for i in members])
+            order.append(tokens)
+            cells = key_mask = None
+            if min(group_lengths) < longest:
+                cells = torch.from_numpy(np.concatenate([row * longest + np.arange(n)
+                                                         for row, n in enumerate(group_lengths)])).to(device)
+                key_mask = torch.from_numpy(np.arange(longest)[None, :]
+                                            < np.array(group_lengths)[:, None]).to(device)
+            groups.append(AttentionGroup(len(members), longest, torch.from_numpy(tokens).to(device), cells,
+                                         key_mask))
+        restore = torch.from_numpy(np.argsort(np.concatenate(order), kind="stable")).to(device)
+        return tuple(groups), restore
 
 
 def _varlen_attn() -> Any:
@@ -155,8 +176,9 @@ def unpadded_attention(module: Any, query: Any, key: Any, value: Any, attention_
                           packing.longest, packing.longest, scale=scaling)
         return out[None], None
     heads, dim = q.shape[1], q.shape[2]
+    groups, restore = packing.grids
     outputs = []
-    for group in packing.groups:
+    for group in groups:
         cells = group.texts * group.longest
 
         def to_grid(t: Any, group: AttentionGroup = group, cells: int = cells) -> Any:
@@ -170,7 +192,7 @@ def unpadded_attention(module: Any, query: Any, key: Any, value: Any, attention_
                                                                dropout_p=dropout, scale=scaling)
         out = out.transpose(1, 2).reshape(cells, heads, dim)
         outputs.append(out if group.cells is None else out.index_select(0, group.cells))
-    return torch.cat(outputs).index_select(0, packing.restore)[None], None
+    return torch.cat(outputs).index_select(0, restore)[None], None
 
 
 def _register() -> None:
@@ -214,11 +236,9 @@ class UnpaddedEncoder:
     def _packable(self, kwargs: dict[str, Any]) -> bool:
         if kwargs.get("input_ids") is None or kwargs.get("attention_mask") is None:
             return False
-        # identity, not ==: the defaults are singletons (True, None), and == on a tensor argument is elementwise
-        extra = {k for k, v in kwargs.items()
-                 if k not in PACKED_INPUTS and not (k in IGNORED_DEFAULTS and v is IGNORED_DEFAULTS[k])}
+        extra = extra_arguments(kwargs, PACKED_INPUTS)
         if extra:
-            self._once("extra", "train.unpad: forwards with %s compute on padding", sorted(extra))
+            self._once("extra", "train.unpad: forwards with %s compute on padding", extra)
             return False
         return kwargs["attention_mask"].dim() == 2
 
@@ -250,7 +270,7 @@ class UnpaddedEncoder:
                                       return_dict=True)
         flat_index = real.reshape(-1).nonzero().squeeze(1)  # row by row: the texts one after another
         columns = flat_index % length
-        packing = build_packing(lengths_host, ids.device, varlen)
+        packing = Packing(lengths_host, ids.device, varlen)
         packed_types = None if token_types is None else token_types.reshape(-1).index_select(0, flat_index)[None]
 
         config = self.model.config
