@@ -166,13 +166,14 @@ def seed_trainer(cfg: Any, out_dir: Path, *, max_steps: int | None = None, callb
     from mrlkit import layout
     from mrlkit.train.data import load_train_dataset
     from mrlkit.train.loss import build_loss
+    from mrlkit.train.model_settings import prepare_model
     from mrlkit.train.pretokenize import pretokenize_collator
-    from mrlkit.train.worker import prepare_model, training_arguments
+    from mrlkit.train.worker import training_arguments
 
     model = SentenceTransformer(cfg.train.base_model, device="cpu")
     model.max_seq_length = cfg.train.max_seq_length
     if mrlkit_settings:
-        prepare_model(model, cfg.train)  # dropout, compile and CUDA graphs as the config says
+        prepare_model(model, cfg.train)  # dropout, compile, CUDA graphs and unpadding as the config says
     dataset = load_train_dataset(layout.pairs_uri(cfg))
     args = training_arguments(cfg.train, str(out_dir), world_size=1)  # saves every epoch, as the seed did
     if not mrlkit_settings:

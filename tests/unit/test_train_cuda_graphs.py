@@ -182,7 +182,7 @@ def test_bad_settings_and_models_are_refused(model):
 
 def test_the_worker_wraps_the_encoder_when_the_config_says_so(model):
     from mrlkit.config_schema import TrainConfig
-    from mrlkit.train.worker import prepare_model
+    from mrlkit.train.model_settings import prepare_model
 
     assert prepare_model(model, TrainConfig(unpad=False)) is None
     wrapper = prepare_model(model, TrainConfig(cuda_graphs=True, use_gpu=True))

@@ -144,7 +144,7 @@ def test_models_without_an_encoder_are_refused():
 
 def test_the_worker_unpads_unless_told_otherwise(model):
     from mrlkit.config_schema import TrainConfig
-    from mrlkit.train.worker import prepare_model
+    from mrlkit.train.model_settings import prepare_model
 
     own_forward = model[0].auto_model.forward
     assert prepare_model(model, TrainConfig(unpad=False)) is None
@@ -156,10 +156,10 @@ def test_the_worker_unpads_unless_told_otherwise(model):
 
 def test_the_worker_says_why_a_model_stays_padded(tiny_model, tmp_path, caplog):
     from mrlkit.config_schema import TrainConfig
-    from mrlkit.train.worker import prepare_model
+    from mrlkit.train.model_settings import prepare_model
 
     model = _roberta_sentence_model(tiny_model, tmp_path / "roberta")
-    with caplog.at_level(logging.WARNING, logger="mrlkit.train.worker"):
+    with caplog.at_level(logging.WARNING, logger="mrlkit.train"):
         assert prepare_model(model, TrainConfig(base_model="tiny-roberta")) is None
     assert "computes on padding: train.unpad cannot serve tiny-roberta" in caplog.text
 

@@ -32,6 +32,7 @@ from mrlkit.config_schema import PipelineConfig, TrainConfig
 from mrlkit.train import callbacks as cb
 from mrlkit.train.data import load_eval_dataset, load_train_dataset
 from mrlkit.train.loss import build_loss
+from mrlkit.train.model_settings import prepare_model
 from mrlkit.train.pretokenize import pretokenize_collator
 
 log = logging.getLogger("mrlkit.train")
@@ -245,59 +246,6 @@ def _worker_logging() -> None:
         logging.getLogger(ray_train_context.__file__).setLevel(logging.WARNING)
     except ImportError:
         pass
-
-
-def prepare_model(model: Any, train: TrainConfig, rank: int = 0) -> Any:
-    """Apply the config's model-side settings (sequence length, dropout, compile, CUDA graphs, unpadding) to a
-    loaded ``SentenceTransformer``; returns the wrapper of the encoder's forward (``GraphedEncoder`` with
-    ``train.cuda_graphs``, ``UnpaddedEncoder`` with ``train.unpad``), or None when neither wraps it."""
-    if train.max_seq_length:
-        model.max_seq_length = train.max_seq_length
-    if train.dropout is not None:
-        from mrlkit.train.dropout import set_dropout
-
-        changed = set_dropout(model, train.dropout)
-        if changed:
-            log.info("train: worker %d sets %d dropout layers to p=%s", rank, changed, train.dropout)
-        else:
-            log.warning("train: worker %d: train.dropout=%s changes nothing: %s has no dropout layer or "
-                        "attention_dropout to set", rank, train.dropout, train.base_model)
-    if train.compile:
-        from mrlkit.train.regional_compile import compile_blocks
-
-        log.info("train: worker %d compiles %d transformer blocks (torch.compile, dynamic shapes)", rank,
-                 compile_blocks(model))
-    if train.cuda_graphs:
-        from mrlkit.train.cuda_graphs import graph_encoder_forward
-
-        graphs = graph_encoder_forward(model)
-        log.info("train: worker %d replays the encoder's training passes as CUDA graphs (one per batch shape, "
-                 "lengths padded to a multiple of %d)%s", rank, graphs.pad_multiple,
-                 "; train.unpad is off with them (a graph replays fixed shapes)" if train.unpad else "")
-        return graphs
-    if train.unpad:
-        return _unpad(model, train, rank)
-    return None
-
-
-def _unpad(model: Any, train: TrainConfig, rank: int) -> Any:
-    """``train.unpad``: the unpadding wrapper, or None (with a warning naming why) for a model it cannot serve."""
-    from mrlkit.train.unpad import NotUnpaddable, unpad_encoder
-
-    if train.compile:
-        # compiled blocks see new token counts every batch; the two are not yet measured together
-        log.info("train: worker %d computes on padding: train.unpad is off with train.compile", rank)
-        return None
-    try:
-        wrapper = unpad_encoder(model, varlen=train.use_gpu)
-    except NotUnpaddable as err:
-        log.warning("train: worker %d computes on padding: train.unpad cannot serve %s: %s", rank,
-                    train.base_model, err)
-        return None
-    log.info("train: worker %d computes on real tokens only (train.unpad; attention %s)", rank,
-             "by variable-length flash kernels on the GPU, once checked there" if wrapper.varlen
-             else "in groups of texts of similar length, each padded to its longest")
-    return wrapper
 
 
 def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
