@@ -19,6 +19,10 @@ the rest of Ray used during the load: on a small machine they all share the core
 replica's RSS at start and end and the p99 of each half (reliability work: a leak shows as steady
 growth, a slowdown as a second-half p99 far above the first). ``tests/reliability/test_serve_faults.py``
 runs the same soak (:func:`soak`) for ``MRLKIT_SOAK_SECONDS`` and imports :func:`run_load` for its fault test.
+
+``--data DIR`` sends the seed dataset's texts instead of short synthetic ones: each a context (a passage to
+index) with probability ``--passage-share``, else a question, so a batch mixes lengths as a search service that
+also indexes sees. ``--padded`` runs the replica and raw encode computing on padding (``serve.unpad: false``).
 Writes ``benchmarks/results/serve_load.json`` (or ``--name``).
 """
 
@@ -54,8 +58,17 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)) * 1000, 1) if values else None
 
 
+def dataset_texts(data: Path, n: int, passage_share: float, seed: int = 0) -> list[str]:
+    """``n`` of the seed dataset's texts: a context with probability ``passage_share``, else a question."""
+    from encode_unpad import load_texts
+
+    questions, contexts = load_texts(data)
+    rng = random.Random(seed)
+    return [rng.choice(contexts) if rng.random() < passage_share else rng.choice(questions) for _ in range(n)]
+
+
 def raw_encode_throughput(model: str, texts: list[str], batch_size: int, seconds: float, threads: int,
-                          encoders: int = 1) -> dict[str, Any]:
+                          encoders: int = 1, unpad: bool = True) -> dict[str, Any]:
     """Texts/s of ``Embedder.encode_full`` (one ``model.encode`` per batch) in this process: ``encoders`` Python
     threads each encoding back to back, torch on ``threads`` threads (the same split a replica can use)."""
     import threading
@@ -65,7 +78,7 @@ def raw_encode_throughput(model: str, texts: list[str], batch_size: int, seconds
     from mrlkit.serve.embedder import Embedder
 
     torch.set_num_threads(threads)
-    emb = Embedder.load(model, allow_any_dimension=True)
+    emb = Embedder.load(model, allow_any_dimension=True, unpad=unpad)
     emb.encode_full(texts[:batch_size])  # warm-up
     done = [0] * encoders
     deadline = time.perf_counter() + seconds
@@ -293,12 +306,17 @@ def main() -> int:
                         help="replicas (default: one per CPU, as serve.num_cpus: 1 gives)")
     parser.add_argument("--replica-cpus", type=float, default=None, help="default: the machine's CPUs / replicas")
     parser.add_argument("--soak-seconds", type=float, default=None, help="time-bounded soak; reports replica RSS")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="the seed dataset's folder: send its questions and contexts (default: synthetic texts)")
+    parser.add_argument("--passage-share", type=float, default=0.25, help="with --data: the contexts' share of texts")
+    parser.add_argument("--padded", action="store_true", help="compute on padding (serve.unpad: false)")
     parser.add_argument("--name", default="serve_load")
     ns = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     dims = [int(d) for d in ns.dims.split(",")]
-    texts = make_texts(2000)
+    texts = make_texts(2000) if ns.data is None else dataset_texts(ns.data, 2000, ns.passage_share)
+    unpad = not ns.padded
 
     load_before = os.getloadavg()
     # The baseline is raw encode at its best split of this machine's cores: torch on every core, or several
@@ -306,7 +324,8 @@ def main() -> int:
     # threads wait for each other). The replica runs the split the command line gives it.
     cpus = os.cpu_count() or 1
     splits = sorted({(1, 1), (cpus, 1), (1, cpus)})
-    raw_by_split = {f"{t}x{e}": raw_encode_throughput(ns.model, texts, ns.max_batch_size, ns.raw_seconds, t, e)
+    raw_by_split = {f"{t}x{e}": raw_encode_throughput(ns.model, texts, ns.max_batch_size, ns.raw_seconds, t, e,
+                                                      unpad)
                     for t, e in splits}
     best = max(raw_by_split, key=lambda k: raw_by_split[k]["texts_per_s"])
     raw_before = raw_by_split[best]
@@ -326,7 +345,7 @@ def main() -> int:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = AppArgs(model=ns.model, model_name="bench", allow_any_dimension=True, max_batch_size=ns.max_batch_size,
                    batch_wait_timeout_s=ns.batch_wait_s, max_inputs_per_request=max(ns.max_texts, 16),
-                   max_concurrent_batches=ns.concurrent_batches, torch_threads=ns.torch_threads)
+                   max_concurrent_batches=ns.concurrent_batches, torch_threads=ns.torch_threads, unpad=unpad)
     max_ongoing = max(ns.clients, ns.max_batch_size * ns.concurrent_batches)
     replica_cpus = ns.replica_cpus or float(os.cpu_count() or 1) / ns.replicas
     app = EmbeddingsDeployment.options(max_ongoing_requests=max_ongoing, num_replicas=ns.replicas,
@@ -350,7 +369,8 @@ def main() -> int:
         timeline: list[tuple[float, float, str]] = []
         rounds: list[dict[str, Any]] = []
         for r in range(ns.rounds):
-            raw_round = raw_encode_throughput(ns.model, texts, ns.max_batch_size, ns.raw_seconds, threads, encoders)
+            raw_round = raw_encode_throughput(ns.model, texts, ns.max_batch_size, ns.raw_seconds, threads, encoders,
+                                              unpad)
             cpu_before = cpu_seconds_by_role()
             served = asyncio.run(run_load(url, texts, dims, clients=ns.clients, max_requests=ns.requests // ns.rounds,
                                           seconds=ns.seconds / ns.rounds, max_texts=ns.max_texts, seed=2 + r,
@@ -369,7 +389,7 @@ def main() -> int:
     if soaked is not None:
         # No rounds in a soak: raw once more after it, so a change in the machine's speed shows.
         raw_after = raw_encode_throughput(ns.model, texts, ns.max_batch_size, ns.raw_seconds,
-                                          raw_before["torch_threads"], raw_before["encoders"])
+                                          raw_before["torch_threads"], raw_before["encoders"], unpad)
         rounds = [{"raw_texts_per_s": raw_after["texts_per_s"], "served": load}]
     raw_rounds = [r["raw_texts_per_s"] for r in rounds]
     raw = {**raw_before, "texts_per_s": round(sum(raw_rounds) / len(raw_rounds), 1),
@@ -387,6 +407,9 @@ def main() -> int:
     ratio = round(load["texts_per_s"] / raw["texts_per_s"], 3) if raw["texts_per_s"] else None
     figures: dict[str, Any] = {
         "model": ns.model, "dims_requested": dims, "texts_per_request": f"1-{ns.max_texts}",
+        "texts": ("short synthetic sentences (6-24 words)" if ns.data is None else
+                  f"the seed dataset's, a context with probability {ns.passage_share}, else a question"),
+        "unpad": unpad,
         "encoding_format": "base64",
         "server": {"max_batch_size": ns.max_batch_size, "batch_wait_timeout_s": ns.batch_wait_s,
                    "max_ongoing_requests": max_ongoing, "replicas": ns.replicas, "replica_num_cpus": replica_cpus,

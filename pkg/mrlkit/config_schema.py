@@ -175,6 +175,7 @@ class HardNegativesConfig:
     max_score: float | None = None
     relative_margin: float | None = 0.05
     batch_size: int = 64
+    unpad: bool = True  # the model encodes real tokens only, never padding (mrlkit.unpad)
 
     def __post_init__(self) -> None:
         _positive("num_negatives", self.num_negatives)
@@ -258,7 +259,7 @@ class TrainConfig:
     cpus_per_worker: int | None = None
     dataloader_workers: int = 0
     pretokenize: bool = True  # tokenize every text once before training; batches are only padded (train.pretokenize)
-    unpad: bool = True  # the encoder computes on real tokens only, never on padding (mrlkit.train.unpad)
+    unpad: bool = True  # the encoder computes on real tokens only, never on padding (mrlkit.unpad)
     eval_strategy: Literal["epoch", "steps", "no"] = "epoch"
     eval_steps: int | None = None
     save_steps: int | None = None
@@ -360,6 +361,7 @@ class EvaluateConfig:
     use_gpu: bool = False
     max_corpus_size: int | None = None
     serve_at_fraction: float = 0.99
+    unpad: bool = True  # the models encode real tokens only, never padding (mrlkit.unpad)
 
     def __post_init__(self) -> None:
         for d in self.dims:
@@ -404,6 +406,7 @@ class ServeConfig:
     num_gpus: float = 0.0
     duration_s: float | None = None
     model_retry_interval_s: float = 30.0
+    unpad: bool = True  # a batch's texts are encoded on their real tokens only, never padding (mrlkit.unpad)
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:

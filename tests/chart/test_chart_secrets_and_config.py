@@ -100,13 +100,14 @@ def test_serve_config_is_accepted_by_the_serve_apps_own_schema(render):
     from mrlkit.serve.app import APP_NAME, DEPLOYMENT_NAME, IMPORT_PATH, AppArgs
 
     config = _serve_config(render({"serve": {"enabled": True, "allowAnyDimension": True, "maxBatchSize": 16,
-                                             "batchWaitTimeoutS": 0.01, "maxRequestBytes": 100000}}))
+                                             "batchWaitTimeoutS": 0.01, "maxRequestBytes": 100000,
+                                             "unpad": False}}))
     (app,) = config["applications"]
     assert (app["name"], app["import_path"], app["route_prefix"]) == (APP_NAME, IMPORT_PATH, "/")
     args = AppArgs.model_validate(app["args"])
     assert args.model == "s3://mrlkit/mrl/models/mrlkit" and args.model_name == "mrlkit"
     assert args.allow_any_dimension is True and args.max_batch_size == 16
-    assert args.batch_wait_timeout_s == 0.01 and args.max_request_bytes == 100000
+    assert args.batch_wait_timeout_s == 0.01 and args.max_request_bytes == 100000 and args.unpad is False
     (deployment,) = app["deployments"]
     assert deployment["name"] == DEPLOYMENT_NAME
     assert deployment["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 16}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 import shutil
 import subprocess
@@ -99,11 +100,15 @@ def check_report(report_uri: str, labels: list[str]) -> dict:
     return report
 
 
-def test_two_models_on_local_storage(tmp_path, tiny_model, second_model):
+def test_two_models_on_local_storage(tmp_path, tiny_model, second_model, caplog):
     root = str(tmp_path / "root")
     pairs_uri = write_pairs(root, "evaltest", tmp_path)
     cfg = make_cfg(root, tiny_model, models=[tiny_model, second_model])
-    summary = run_stage(EvaluateStage, cfg)
+    with caplog.at_level(logging.INFO, logger="mrlkit.evaluate"):
+        summary = run_stage(EvaluateStage, cfg)
+    # evaluate.unpad (the default): each model encoded real tokens only, and scores as padded encoding does (below)
+    unpadded = [r.getMessage() for r in caplog.records if "encoded real tokens only (evaluate.unpad)" in r.getMessage()]
+    assert len(unpadded) == 2 and all("'packed_passes': 0," not in m for m in unpadded)
     assert summary["report"] == layout.report_uri(cfg)
     labels = ["model", "model-2"]  # both folders are called "model": labels stay unique
     report = check_report(summary["report"], labels)
@@ -116,6 +121,19 @@ def test_two_models_on_local_storage(tmp_path, tiny_model, second_model):
     assert report["models"][1]["matryoshka_dims"] == [32, 16, 8]
     with Image.open(Path(summary["report"]) / "ndcg_by_dim.png") as img:
         assert img.size[0] > 300 and img.size[1] > 200
+
+
+def test_evaluation_without_unpadding_scores_the_same(tmp_path, tiny_model, caplog):
+    scores = {}
+    for unpad in (True, False):
+        root = str(tmp_path / f"root-{unpad}")  # a root each: a finished stage is not run again
+        write_pairs(root, "evaltest", tmp_path / str(unpad))
+        cfg = make_cfg(root, tiny_model, models=[tiny_model], unpad=unpad)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="mrlkit.evaluate"):
+            scores[unpad] = run_stage(EvaluateStage, cfg)["ndcg@10"]["model"]
+        assert ("encoded real tokens only" in caplog.text) == unpad
+    assert scores[True] == pytest.approx(scores[False], abs=1e-6)
 
 
 @pytest.mark.slow

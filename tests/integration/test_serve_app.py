@@ -234,7 +234,7 @@ def test_batches_are_shared_and_metrics_counted(server):
 
     async def fire():
         async with httpx.AsyncClient(base_url=server, timeout=60) as client:
-            bodies = [{"input": f"shared {i}", "dimensions": TRAINED_DIMS[i % 3]} for i in range(8)]
+            bodies = [{"input": f"shared {i}" + " and longer" * i, "dimensions": TRAINED_DIMS[i % 3]} for i in range(8)]
             return await asyncio.gather(*(client.post("/v1/embeddings", json=b) for b in bodies))
 
     assert all(r.status_code == 200 for r in asyncio.run(fire()))
@@ -243,6 +243,9 @@ def test_batches_are_shared_and_metrics_counted(server):
     assert after["max_batch_size_seen"] > 1  # requests for different dims shared a forward pass
     assert after["counts"]["dimensions.8"] >= 2 and after["counts"]["tokens"] > before["counts"].get("tokens", 0)
     assert any(key.startswith("errors.400.") for key in after["counts"])
+    # serve.unpad (the default): the shared batches, of texts of different lengths, ran on their real tokens only
+    assert after["unpadded"]["packed_passes"] > before["unpadded"]["packed_passes"]
+    assert after["unpadded"]["real_token_fraction"] < 1
 
 
 @pytest.mark.parametrize(("app", "prefix", "concurrency"), [("tiny", "", 2), ("strict", "/strict", 1)])

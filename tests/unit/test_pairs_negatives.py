@@ -73,6 +73,24 @@ def test_selection_equals_sentence_transformers_mine_hard_negatives(ray_local, t
     assert dropped == len(train) - len(theirs)
 
 
+@pytest.mark.parametrize("unpad", [True, False])
+def test_mining_encodes_real_tokens_only_unless_told_otherwise(ray_local, tiny_model, unpad):
+    """pairs.hard_negatives.unpad: the encoder actors skip padding (the selection test above shows the same
+    negatives come out: the plain model there is padded)."""
+    import ray
+
+    encoder = negatives._Encoder.remote(tiny_model, 8, unpad)
+    try:
+        ray.get(encoder.encode.remote(["short", "a much longer text about matryoshka losses and ray", "mid text"]))
+        summary = ray.get(encoder.unpadded_summary.remote())
+    finally:
+        ray.kill(encoder)
+    if unpad:
+        assert summary["packed_passes"] == 1 and summary["real_token_fraction"] < 1
+    else:
+        assert summary is None
+
+
 def test_anchor_with_several_positives_never_gets_its_own_positive(ray_local, tiny_model):
     train = make_train(10, seed=2)
     shared = train[0]["anchor"]

@@ -37,9 +37,10 @@ def test_app_args_refuse_unknown_and_bad_values():
 
 
 def test_args_default_to_this_runs_model(tmp_path):
-    cfg = load_config(DEMO, [f"storage.root={tmp_path}", "serve.max_batch_size=8"])
+    cfg = load_config(DEMO, [f"storage.root={tmp_path}", "serve.max_batch_size=8", "serve.unpad=false"])
     args = app_args_from_config(cfg)
     assert args.model == f"{tmp_path}/models/demo" and args.model_name == "demo" and args.max_batch_size == 8
+    assert args.unpad is False and app_args_from_config(load_config(DEMO, [])).unpad is True
     other = app_args_from_config(load_config(DEMO, ["serve.model=s3://b/mrl/models/x"]))
     assert other.model == "s3://b/mrl/models/x" and other.model_name is None
 

@@ -123,3 +123,37 @@ def test_load_from_a_published_s3_model(embedder, mrl_folder, s3_root, tmp_path,
     np.testing.assert_allclose(remote.encode_full(["same"]), embedder.encode_full(["same"]), atol=1e-6)
     with pytest.raises(MrlkitError, match="no complete output"):
         Embedder.load(f"{s3_root}/models/never-exported")
+
+
+# a served batch is whatever arrived together: queries and passages of very different lengths, one text empty
+MIXED_LENGTHS = ["a short query", "", "a passage about revenue, margins and cash flow in the fiscal year " * 4,
+                 "what was the dividend?"]
+
+
+def test_unpadded_serving_encodes_each_text_as_padded_serving_does(mrl_folder):
+    from mrlkit.unpad import UnpaddedEncoder
+
+    unpadded, padded = Embedder.load(mrl_folder), Embedder.load(mrl_folder, unpad=False)
+    assert isinstance(unpadded.model[0].auto_model.forward, UnpaddedEncoder) and unpadded.unpadded is not None
+    assert padded.unpadded is None and not isinstance(padded.model[0].auto_model.forward, UnpaddedEncoder)
+    np.testing.assert_allclose(unpadded.encode_full(MIXED_LENGTHS), padded.encode_full(MIXED_LENGTHS), atol=1e-5)
+    summary = unpadded.unpadded.summary()
+    assert summary["packed_passes"] == 1 and summary["real_token_fraction"] < 0.5  # the passage's length, skipped
+    # a request encoded alone has no padding: it runs the model's own forward
+    np.testing.assert_allclose(unpadded.encode_full(MIXED_LENGTHS[2:3])[0], padded.encode_full(MIXED_LENGTHS)[2],
+                               atol=1e-5)
+    assert unpadded.unpadded.summary()["eager_passes"] == 1
+
+
+def test_a_model_that_cannot_run_unpadded_is_served_padded_with_a_warning(tiny_model, tmp_path, caplog):
+    import logging
+
+    from test_unpad import _roberta_sentence_model
+
+    model = _roberta_sentence_model(tiny_model, tmp_path / "roberta")
+    with caplog.at_level(logging.WARNING, logger="mrlkit.serve"):
+        embedder = Embedder(model, name="tiny-roberta")
+    assert embedder.unpadded is None
+    assert "serve.unpad cannot serve tiny-roberta, which computes on padding: its packed forward differs" in caplog.text
+    full = embedder.encode_full(MIXED_LENGTHS)
+    assert full.shape == (4, 32) and np.isfinite(full).all()

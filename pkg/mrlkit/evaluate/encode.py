@@ -35,13 +35,24 @@ def encode_in_process(model: Any, texts: list[str], kind: str, batch_size: int) 
     return out.float().cpu()
 
 
+def load_encoder(model_ref: str, device: str, unpad: bool) -> tuple[Any, Any]:
+    """The model to evaluate and, with ``evaluate.unpad``, the wrapper that has it encode real tokens only (None
+    for a model that cannot, which stays padded with a warning, or without the setting)."""
+    from mrlkit.models import load_sentence_transformer
+
+    model = load_sentence_transformer(model_ref, device=device)
+    if not unpad:
+        return model, None
+    from mrlkit.unpad import unpad_or_warn
+
+    return model, unpad_or_warn(model, "evaluate.unpad", model_ref, logger=log)
+
+
 class ShardEncoder:
     """One Ray actor's model copy; encodes the slices it is given."""
 
-    def __init__(self, model_ref: str, batch_size: int, use_gpu: bool) -> None:
-        from mrlkit.models import load_sentence_transformer
-
-        self.model = load_sentence_transformer(model_ref, device=pick_device(use_gpu))
+    def __init__(self, model_ref: str, batch_size: int, use_gpu: bool, unpad: bool = True) -> None:
+        self.model, _ = load_encoder(model_ref, pick_device(use_gpu), unpad)
         self.batch_size = batch_size
 
     def encode(self, texts: list[str], kind: str) -> torch.Tensor:
@@ -57,7 +68,8 @@ class RayShardedEncoder:
             embeddings = enc(None, texts, "document")
     """
 
-    def __init__(self, model_ref: str, num_workers: int, batch_size: int, use_gpu: bool = False) -> None:
+    def __init__(self, model_ref: str, num_workers: int, batch_size: int, use_gpu: bool = False,
+                 unpad: bool = True) -> None:
         import ray
 
         if not ray.is_initialized():
@@ -68,7 +80,7 @@ class RayShardedEncoder:
             log.warning("evaluate: %d encoding workers need %d %ss but the Ray cluster has %g now; they wait "
                         "until it grows (or lower evaluate.num_workers)", num_workers, num_workers, resource, available)
         actor_cls = ray.remote(num_cpus=0 if use_gpu else 1, num_gpus=1 if use_gpu else 0)(ShardEncoder)
-        self.actors = [actor_cls.remote(model_ref, batch_size, use_gpu) for _ in range(num_workers)]
+        self.actors = [actor_cls.remote(model_ref, batch_size, use_gpu, unpad) for _ in range(num_workers)]
         self.num_workers = num_workers
 
     def __call__(self, model: Any, texts: list[str], kind: str) -> torch.Tensor:

@@ -31,7 +31,7 @@ from mrlkit import layout, storage
 from mrlkit.config import config_to_dict
 from mrlkit.config_schema import PipelineConfig
 from mrlkit.errors import ConfigError, ModelError
-from mrlkit.evaluate.encode import RayShardedEncoder, encode_in_process, pick_device
+from mrlkit.evaluate.encode import RayShardedEncoder, encode_in_process, load_encoder, pick_device
 from mrlkit.evaluate.evaluator import EvaluationError, MatryoshkaIREvaluator, load_ir_data
 from mrlkit.evaluate.plot import plot_ndcg_by_dim
 from mrlkit.evaluate.report import ModelResult, hardware_info, markdown_table, render_markdown, serve_at
@@ -147,23 +147,23 @@ class EvaluateStage:
         }
 
     def _evaluate_model(self, ref: str, label: str) -> ModelResult:
-        from mrlkit.models import load_sentence_transformer
-
         ev, evaluator = self.cfg.evaluate, self.evaluator
         assert evaluator is not None
         t0 = time.perf_counter()
         log.info("evaluate: %s (%s): %d queries, %d documents, dims %s", label, ref, len(evaluator.queries),
                  len(evaluator.corpus), self.dims)
         if ev.num_workers > 1:
-            with RayShardedEncoder(ref, ev.num_workers, ev.batch_size, ev.use_gpu) as encoder:
+            with RayShardedEncoder(ref, ev.num_workers, ev.batch_size, ev.use_gpu, ev.unpad) as encoder:
                 evaluator.encoder = encoder
                 t1 = time.perf_counter()
                 query_emb, corpus_emb = evaluator.embed(None)
             evaluator.encoder = None
         else:
-            model = load_sentence_transformer(ref, device=self.device)
+            model, unpadded = load_encoder(ref, self.device, ev.unpad)
             t1 = time.perf_counter()
             query_emb, corpus_emb = evaluator.embed(model)
+            if unpadded is not None:
+                log.info("evaluate: %s encoded real tokens only (evaluate.unpad): %s", label, unpadded.summary())
             del model
         t2 = time.perf_counter()
         metrics = evaluator.score(query_emb, corpus_emb)

@@ -53,11 +53,20 @@ class _Selection:
 class _Encoder:
     """One model load; encodes blocks of texts into float32 rows (unit length for cosine models)."""
 
-    def __init__(self, model_ref: str, batch_size: int):
+    def __init__(self, model_ref: str, batch_size: int, unpad: bool):
         from mrlkit.models import load_sentence_transformer
 
         self.model = load_sentence_transformer(model_ref, device="cpu")
         self.batch_size = batch_size
+        self.unpadded = None
+        if unpad:
+            from mrlkit.unpad import unpad_or_warn
+
+            self.unpadded = unpad_or_warn(self.model, "pairs.hard_negatives.unpad", model_ref, logger=log)
+
+    def unpadded_summary(self) -> dict[str, Any] | None:
+        """What unpadding did in this actor's passes (``UnpaddedEncoder.summary``); None when it is off."""
+        return None if self.unpadded is None else self.unpadded.summary()
 
     def similarity(self) -> str:
         return str(self.model.similarity_fn_name or "cosine")
@@ -116,7 +125,8 @@ def mine_negatives(train: list[dict[str, Any]], cfg: HardNegativesConfig, model_
         if corpus_index[r["positive"]] not in own:
             own.append(corpus_index[r["positive"]])
 
-    corpus_vectors, anchor_vectors = _encode_sharded([corpus, anchors], model_ref, cfg.batch_size, num_encoders)
+    corpus_vectors, anchor_vectors = _encode_sharded([corpus, anchors], model_ref, cfg.batch_size, num_encoders,
+                                                     unpad=cfg.unpad)
     log.info("prepare: hard negatives: encoded %d positives and %d anchors in %.1fs", len(corpus), len(anchors),
              time.monotonic() - started)
 
@@ -154,14 +164,14 @@ def mine_negatives(train: list[dict[str, Any]], cfg: HardNegativesConfig, model_
 
 
 def _encode_sharded(text_lists: list[list[str]], model_ref: str, batch_size: int,
-                    num_encoders: int | None) -> list[np.ndarray]:
+                    num_encoders: int | None, *, unpad: bool) -> list[np.ndarray]:
     """Each list of texts encoded in blocks over a pool of encoder actors; rows in input order."""
     from ray.util import ActorPool
 
     blocks = [(n, texts[i:i + TEXTS_PER_ENCODE_TASK]) for n, texts in enumerate(text_lists)
               for i in range(0, len(texts), TEXTS_PER_ENCODE_TASK)]
     wanted = num_encoders or max(1, int(ray.available_resources().get("CPU", 1)))
-    encoders = [_Encoder.remote(model_ref, batch_size) for _ in range(max(1, min(wanted, len(blocks))))]
+    encoders = [_Encoder.remote(model_ref, batch_size, unpad) for _ in range(max(1, min(wanted, len(blocks))))]
     try:
         similarity = ray.get(encoders[0].similarity.remote())
         if similarity not in ("cosine", "dot"):

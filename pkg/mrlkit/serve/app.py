@@ -75,6 +75,7 @@ class AppArgs(BaseModel):
     # Added beyond the chart's list: a replica whose model failed to load retries this often (from Serve's
     # health check), so a model that appears later (export finishing, storage back) is picked up.
     model_retry_interval_s: float = Field(default=30.0, ge=0.1, description="retry a failed model load this often")
+    unpad: bool = Field(default=True, description="encode each batch's real tokens only, never its padding")
 
 
 api = FastAPI(title="mrlkit embeddings", description="OpenAI-compatible embeddings with Matryoshka dimensions.")
@@ -168,10 +169,11 @@ class EmbeddingsDeployment:
         self._last_attempt = time.monotonic()
         try:
             self.embedder = Embedder.load(self.args.model, name=self.args.model_name,
-                                          allow_any_dimension=self.args.allow_any_dimension)
+                                          allow_any_dimension=self.args.allow_any_dimension, unpad=self.args.unpad)
             self.not_ready_reason = None
-            log.info("serving %s as %r: dims %s (full %d)", self.args.model, self.embedder.name,
-                     list(self.embedder.allowed_dims), self.embedder.full_dim)
+            log.info("serving %s as %r: dims %s (full %d), %s", self.args.model, self.embedder.name,
+                     list(self.embedder.allowed_dims), self.embedder.full_dim,
+                     "on real tokens only (serve.unpad)" if self.embedder.unpadded else "computing on padding")
         except Exception as exc:  # any failure must leave a replica that explains itself
             self.not_ready_reason = f"cannot load model {self.args.model!r}: {type(exc).__name__}: {exc}"
             log.error("%s (retrying every %g s)", self.not_ready_reason, self.args.model_retry_interval_s)
@@ -229,7 +231,9 @@ class EmbeddingsDeployment:
         """This replica's metric counts (for tests and benchmarks; Prometheus has the same numbers)."""
         return {"ready": self.embedder is not None, "reason": self.not_ready_reason, "pid": os.getpid(),
                 "rss_bytes": _rss_bytes(), "torch_threads": self.torch_threads,
-                "max_concurrent_batches": self.args.max_concurrent_batches, **self.metrics.snapshot()}
+                "max_concurrent_batches": self.args.max_concurrent_batches, **self.metrics.snapshot(),
+                # packed and eager passes, and the real tokens' share of the padded batches (what unpadding skipped)
+                "unpadded": self.embedder.unpadded.summary() if self.embedder and self.embedder.unpadded else None}
 
     # -- the work -----------------------------------------------------------------------------------
 
@@ -332,7 +336,7 @@ def app_args_from_config(cfg: PipelineConfig) -> AppArgs:
                    max_batch_size=s.max_batch_size, batch_wait_timeout_s=s.batch_wait_timeout_s,
                    max_concurrent_batches=s.max_concurrent_batches, torch_threads=s.torch_threads,
                    max_inputs_per_request=s.max_inputs_per_request, max_request_bytes=s.max_request_bytes,
-                   model_retry_interval_s=s.model_retry_interval_s)
+                   model_retry_interval_s=s.model_retry_interval_s, unpad=s.unpad)
 
 
 def deployment_options(cfg: PipelineConfig) -> dict[str, Any]:

@@ -60,10 +60,13 @@ class Embedder:
         trained_dims: the MRL dimensions from ``mrlkit.json`` (descending), or () for a model without one.
         allow_any_dimension: accept every dimension 1..full instead of only the trained ones.
         aliases: other names accepted in a request's ``"model"`` (e.g. the storage URI it came from).
+        unpad: encode a batch's real tokens only (``mrlkit.unpad``): a batch is whatever requests arrived
+            together, and a short query batched with a long passage would otherwise be computed at the
+            passage's length. A model it cannot serve computes on padding, with a warning.
     """
 
     def __init__(self, model: Any, *, name: str, trained_dims: tuple[int, ...] = (),
-                 allow_any_dimension: bool = False, aliases: tuple[str, ...] = ()):
+                 allow_any_dimension: bool = False, aliases: tuple[str, ...] = (), unpad: bool = True):
         self.model = model
         self.name = name
         self.aliases = tuple(a for a in aliases if a and a != name)
@@ -84,10 +87,15 @@ class Embedder:
         # encodes (padding on, in a worker thread) on the same object strips the batch's padding and fails it.
         self._counting_tokenizer = copy.deepcopy(model.tokenizer)
         self.check_texts(["settle the counting tokenizer's settings once, before any concurrent use"])
+        self.unpadded = None
+        if unpad:
+            from mrlkit.unpad import unpad_or_warn
+
+            self.unpadded = unpad_or_warn(model, "serve.unpad", name, logger=log)
 
     @classmethod
     def load(cls, ref: str, *, name: str | None = None, allow_any_dimension: bool = False,
-             device: str | None = None) -> Embedder:
+             device: str | None = None, unpad: bool = True) -> Embedder:
         """Load a model from a storage URI, a local folder or a hub id; its MRL dims come from ``mrlkit.json``."""
         from mrlkit.models import load_sentence_transformer, read_metadata, resolve_model
 
@@ -100,7 +108,7 @@ class Embedder:
             log.warning("model %s has no mrlkit.json: only its full dimension is served unless allow_any_dimension",
                         ref)
         return cls(model, name=name or default_model_name(ref), trained_dims=dims,
-                   allow_any_dimension=allow_any_dimension, aliases=(ref,))
+                   allow_any_dimension=allow_any_dimension, aliases=(ref,), unpad=unpad)
 
     # -- checks done before a request joins a batch ------------------------------------------
 

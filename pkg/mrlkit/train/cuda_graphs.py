@@ -42,18 +42,11 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from mrlkit.unpad import extra_arguments
+
 log = logging.getLogger(__name__)
 
 GRAPHED_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-# Hugging Face forward arguments that carry no data: harmless to drop when they keep their defaults
-IGNORED_DEFAULTS = {"return_dict": True, "output_attentions": None, "output_hidden_states": None}
-
-
-def extra_arguments(kwargs: dict[str, Any], inputs: tuple[str, ...]) -> list[str]:
-    """The arguments of a forward call, besides ``inputs``, that carry something (``IGNORED_DEFAULTS`` do not)."""
-    # identity, not ==: the defaults are singletons (True, None), and == on a tensor argument is elementwise
-    return sorted(k for k, v in kwargs.items()
-                  if k not in inputs and not (k in IGNORED_DEFAULTS and v is IGNORED_DEFAULTS[k]))
 
 
 def padded_length(length: int, pad_multiple: int, max_length: int | None) -> int:

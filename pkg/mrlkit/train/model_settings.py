@@ -1,7 +1,7 @@
 """The config's model-side settings, applied to a loaded ``SentenceTransformer`` before it trains.
 
 Sequence length, dropout, ``torch.compile`` of the blocks, and at most one wrapper of the encoder's
-forward: CUDA graphs (``mrlkit.train.cuda_graphs``) or unpadding (``mrlkit.train.unpad``), which
+forward: CUDA graphs (``mrlkit.train.cuda_graphs``) or unpadding (``mrlkit.unpad``), which
 exclude each other since a graph replays fixed shapes. The per-worker loop calls :func:`prepare_model`;
 so do benchmarks that train the seed's way with mrlkit's settings.
 """
@@ -51,19 +51,16 @@ def prepare_model(model: Any, train: TrainConfig, rank: int = 0) -> Any:
 
 def _unpad(model: Any, train: TrainConfig, rank: int) -> Any:
     """``train.unpad``: the unpadding wrapper, or None (with a warning naming why) for a model it cannot serve."""
-    from mrlkit.train.unpad import NotUnpaddable, unpad_encoder
+    from mrlkit.unpad import unpad_or_warn
 
     if train.compile:
         # compiled blocks see new token counts every batch; the two are not yet measured together
         log.info("train: worker %d computes on padding: train.unpad is off with train.compile", rank)
         return None
-    try:
-        wrapper = unpad_encoder(model, varlen=train.use_gpu)
-    except NotUnpaddable as err:
-        log.warning("train: worker %d computes on padding: train.unpad cannot serve %s: %s", rank,
-                    train.base_model, err)
-        return None
-    log.info("train: worker %d computes on real tokens only (train.unpad; attention %s)", rank,
-             "by variable-length flash kernels on the GPU, once checked there" if wrapper.varlen
-             else "in groups of texts of similar length, each padded to its longest")
+    wrapper = unpad_or_warn(model, "train.unpad", train.base_model, logger=log, context=f"train: worker {rank}: ",
+                            varlen=train.use_gpu)
+    if wrapper is not None:
+        log.info("train: worker %d computes on real tokens only (train.unpad; attention %s)", rank,
+                 "by variable-length flash kernels on the GPU, once checked there" if wrapper.varlen
+                 else "in groups of texts of similar length, each padded to its longest")
     return wrapper

@@ -348,10 +348,7 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
         summary["cuda_graphs"] = {"captured": len(encoder_wrapper.graphs), "replays": encoder_wrapper.replays,
                                   "eager_passes": encoder_wrapper.eager_passes}
     elif encoder_wrapper is not None:
-        summary["unpadded"] = {"packed_passes": encoder_wrapper.packed_passes,
-                               "eager_passes": encoder_wrapper.eager_passes,
-                               "real_token_fraction": round(encoder_wrapper.real_tokens
-                                                            / max(encoder_wrapper.padded_tokens, 1), 3)}
+        summary["unpadded"] = encoder_wrapper.summary()
     if rank == 0:
         log.info("train: worker done: %s", summary)
     if use_ray and own_scratch:  # under Ray the checkpoints live in Ray storage; local copies are scratch

@@ -1,18 +1,24 @@
-"""``train.unpad``: the encoder computes on a batch's real tokens only, never on its padding.
+"""Unpadding: the encoder computes on a batch's real tokens only, never on its padding.
 
-Why: a batch pads every text to its longest. At the seed dataset's lengths random batches of 32
-pairs are 41% real tokens and 59% padding (``benchmarks/train_throughput.py``'s measured
-distribution), and an encoder's linear layers, layer norms and activations, nearly all of its
-work at these lengths, cost the same for a padding token as for a real one. Length bucketing
+Used where mrlkit runs an encoder: training (``train.unpad``), serving (``serve.unpad``), evaluation
+(``evaluate.unpad``) and hard-negative mining (``pairs.hard_negatives.unpad``); on by default in each.
+
+Why: a batch pads every text to its longest, and an encoder's linear layers, layer norms and
+activations, nearly all of its work at these lengths, cost the same for a padding token as for a
+real one. In training, random batches of 32 pairs at the seed dataset's lengths are 41% real tokens
+and 59% padding (``benchmarks/train_throughput.py``'s measured distribution). Length bucketing
 (``train.length_bucketing``) also cuts the padding, but by changing which pairs share a batch,
-and so the in-batch negatives the loss sees; unpadding keeps the seed's random batches and
-computes the same function (the same numbers up to the order of floating-point sums; dropout, when
-on, draws other masks).
+and so the in-batch negatives the loss sees; unpadding keeps the seed's random batches. A served
+batch is whatever requests arrived together: a 10-token query that shares a batch with a 250-token
+passage would otherwise be computed as 250 tokens. Either way the same function is computed (the
+same numbers up to the order of floating-point sums; dropout, when on, draws other masks).
 
 How: the Hugging Face model's ``forward`` is wrapped. It packs the batch's real tokens into one
 row (``[1, tokens]``) with each token's own position id and token type, so everything outside
 attention is position-wise and sees only real tokens. Attention is the one place where tokens
-meet: a registered attention function gets the packing and attends within each text. On a GPU
+meet: a registered attention function, the model's attention setting for as long as it is wrapped,
+gets the packing and attends within each text (a forward that is not packed reaches sdpa, the
+model's own attention, through it; the setting is not saved with the model). On a GPU
 in half precision without attention dropout it runs PyTorch's variable-length flash attention
 (``torch.nn.attention.varlen``), once checked there against the path below. Otherwise the texts,
 sorted by length, are cut into a few groups (:func:`attention_groups`), and each group attends in
@@ -36,8 +42,6 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from mrlkit.train.cuda_graphs import extra_arguments
-
 log = logging.getLogger(__name__)
 
 ATTENTION_NAME = "mrlkit_unpadded"
@@ -49,6 +53,21 @@ VARLEN_TOLERANCE = 0.05  # relative, bf16 (8 bits of mantissa) through a whole e
 # What attending in one more grid costs, in units of one query-key pair of attention (its forward and backward):
 # a grid is ~12 operators a layer, ~0.2 ms on a CPU, about the attention of a 32-token text (~1,000 pairs)
 GROUP_COST_PAIRS = 1024
+
+
+# Hugging Face forward arguments that carry no data: harmless to drop when they keep their defaults
+IGNORED_DEFAULTS = {"return_dict": True, "output_attentions": None, "output_hidden_states": None}
+
+
+def extra_arguments(kwargs: dict[str, Any], inputs: tuple[str, ...]) -> list[str]:
+    """The arguments of a forward call, besides ``inputs``, that carry something (``IGNORED_DEFAULTS`` do not).
+
+    The wrappers of an encoder's forward (this module's, ``mrlkit.train.cuda_graphs``) handle calls with the
+    token inputs only; any other argument that carries something sends the call to the model's own forward.
+    """
+    # identity, not ==: the defaults are singletons (True, None), and == on a tensor argument is elementwise
+    return sorted(k for k, v in kwargs.items()
+                  if k not in inputs and not (k in IGNORED_DEFAULTS and v is IGNORED_DEFAULTS[k]))
 
 
 class NotUnpaddable(Exception):
@@ -159,14 +178,19 @@ def _varlen_attn() -> Any:
 def unpadded_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
                        dropout: float = 0.0, scaling: float | None = None, mrlkit_packing: Packing | None = None,
                        **kwargs: Any) -> tuple[Any, None]:
-    """Attention within each text of a packed batch: ``query``/``key``/``value`` are ``[1, heads, tokens, dim]``.
-
-    Returns ``([1, tokens, heads, dim], None)``, what Hugging Face's attention functions return.
+    """A wrapped model's attention: within each text of a packed batch (``query``/``key``/``value`` are
+    ``[1, heads, tokens, dim]``; returns ``([1, tokens, heads, dim], None)``, what Hugging Face's attention
+    functions return); the model's own sdpa attention for a forward that is not packed.
     """
     import torch
 
     packing = mrlkit_packing
-    if packing is None or query.shape[0] != 1 or key.shape[1] != query.shape[1]:
+    if packing is None:
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, dropout=dropout,
+                                               scaling=scaling, **kwargs)
+    if query.shape[0] != 1 or key.shape[1] != query.shape[1]:
         raise NotUnpaddable(f"{ATTENTION_NAME} attention needs a packed batch with as many key as query heads "
                             f"(got query {tuple(query.shape)}, key {tuple(key.shape)})")
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [tokens, heads, dim]
@@ -212,9 +236,10 @@ class UnpaddedEncoder:
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, varlen: bool = True,
-                 on_device: Callable[[Any], bool] | None = None) -> None:
+                 on_device: Callable[[Any], bool] | None = None, setting: str = "unpad") -> None:
         _register()
         self.model = model
+        self.setting = setting  # the config setting that asked for it, named in log lines
         self.tokenizer = tokenizer
         self.eager_forward = model.forward
         # the flash kernel runs only once checked against the grid path on the GPU the model trains on: the
@@ -228,6 +253,16 @@ class UnpaddedEncoder:
         self.padded_tokens = 0
         self._said: set[str] = set()
 
+    def unwrap(self) -> None:
+        """Give the model back its own forward and attention setting."""
+        self.model.forward = self.eager_forward
+        self.model.config._attn_implementation = "sdpa"  # the only attention unpad_encoder wraps
+
+    def summary(self) -> dict[str, Any]:
+        """Passes run packed and as before, and the real tokens' share of the padded batches' (what padding skipped)."""
+        return {"packed_passes": self.packed_passes, "eager_passes": self.eager_passes,
+                "real_token_fraction": round(self.real_tokens / max(self.padded_tokens, 1), 3)}
+
     def _once(self, reason: str, message: str, *args: Any) -> None:
         if reason not in self._said:
             self._said.add(reason)
@@ -238,7 +273,7 @@ class UnpaddedEncoder:
             return False
         extra = extra_arguments(kwargs, PACKED_INPUTS)
         if extra:
-            self._once("extra", "train.unpad: forwards with %s compute on padding", extra)
+            self._once("extra", "%s: forwards with %s compute on padding", self.setting, extra)
             return False
         return kwargs["attention_mask"].dim() == 2
 
@@ -273,16 +308,9 @@ class UnpaddedEncoder:
         packing = Packing(lengths_host, ids.device, varlen)
         packed_types = None if token_types is None else token_types.reshape(-1).index_select(0, flat_index)[None]
 
-        config = self.model.config
-        previous = config._attn_implementation
-        # only for this call: evaluation outside the wrapper, and the saved config, keep the model's own attention
-        config._attn_implementation = ATTENTION_NAME
-        try:
-            out = self.eager_forward(input_ids=ids.reshape(-1).index_select(0, flat_index)[None],
-                                     token_type_ids=packed_types, position_ids=columns[None], attention_mask=None,
-                                     return_dict=True, mrlkit_packing=packing)
-        finally:
-            config._attn_implementation = previous
+        out = self.eager_forward(input_ids=ids.reshape(-1).index_select(0, flat_index)[None],
+                                 token_type_ids=packed_types, position_ids=columns[None], attention_mask=None,
+                                 return_dict=True, mrlkit_packing=packing)
         self.packed_passes += 1
         hidden = out.last_hidden_state[0]
         padded = hidden.new_zeros(texts * length, hidden.shape[-1]).index_copy(0, flat_index, hidden)
@@ -335,9 +363,11 @@ def check_varlen(wrapper: UnpaddedEncoder) -> float | None:
     import torch
 
     wrapper.varlen_checked = True  # the runs below go through packed_forward, which would check again
+    # a frozen model (an inference server may freeze its weights) is compared on its forward alone
     weights = [p for p in wrapper.model.parameters() if p.requires_grad]
-    device = weights[0].device
-    if not wrapper.varlen or not wrapper.on_device(weights[0]) or _varlen_attn() is None:
+    first = next(wrapper.model.parameters())
+    device = first.device
+    if not wrapper.varlen or not wrapper.on_device(first) or _varlen_attn() is None:
         return None
     ids, mask, types = _sample_batch(wrapper, device)
     was_training = wrapper.model.training
@@ -348,6 +378,8 @@ def check_varlen(wrapper: UnpaddedEncoder) -> float | None:
         # enable_grad: the first batch on the GPU may be an evaluation's, under no_grad
         with torch.enable_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
             hidden = wrapper.packed_forward(ids, mask, types).last_hidden_state.float()
+        if not weights:
+            return [hidden]
         # allow_unused: a pooler head that sentence-transformers never reads gets no gradient
         grads = torch.autograd.grad(hidden.square().mean(), weights, allow_unused=True)
         # the gradients compared as one vector: some are zero in exact arithmetic (a key projection's bias:
@@ -359,15 +391,16 @@ def check_varlen(wrapper: UnpaddedEncoder) -> float | None:
         worst = max(((g - e).norm() / e.norm().clamp_min(1e-6)).item() for g, e in zip(got, expected, strict=True))
     except Exception as err:  # a kernel this PyTorch or GPU lacks: the grid path still works
         wrapper.varlen = False
-        log.warning("train.unpad: the variable-length flash kernel fails here (%s: %s); attention runs in "
-                    "groups of texts of similar length instead", type(err).__name__, err)
+        log.warning("%s: the variable-length flash kernel fails here (%s: %s); attention runs in "
+                    "groups of texts of similar length instead", wrapper.setting, type(err).__name__, err)
         return None
     finally:
         wrapper.model.train(was_training)
     wrapper.varlen = worst <= VARLEN_TOLERANCE
     if not wrapper.varlen:
-        log.warning("train.unpad: the variable-length flash kernel differs from padded attention by %.3g "
-                    "(relative, bf16); attention runs in groups of texts of similar length instead", worst)
+        log.warning("%s: the variable-length flash kernel differs from padded attention by %.3g "
+                    "(relative, bf16); attention runs in groups of texts of similar length instead", wrapper.setting,
+                    worst)
     return worst
 
 
@@ -385,8 +418,37 @@ def unpad_encoder(sentence_model: Any, **settings: Any) -> UnpaddedEncoder:
                             "and tokenizer")
     if getattr(encoder.config, "is_decoder", False):
         raise NotUnpaddable(f"{type(encoder).__name__} is a decoder (causal attention)")
+    if isinstance(encoder.forward, UnpaddedEncoder):  # wrapped already (the model is shared): one wrapper is enough
+        return encoder.forward
+    config = encoder.config
+    own = config._attn_implementation
+    if own != "sdpa":
+        raise NotUnpaddable(f"its attention implementation is {own!r}; unpadding serves models with sdpa attention "
+                            "(what sentence-transformers loads by default)")
     wrapper = UnpaddedEncoder(encoder, tokenizer, **settings)
-    check_unpadded(wrapper)
+    # For as long as the model is wrapped, not for each packed call: forwards may run at once in several threads
+    # (a serve replica's concurrent batches), and a per-call switch of this shared config, restored by the call
+    # that set it, would end under another call still running. Padded forwards reach sdpa through it; the
+    # setting is not saved with the model's config.
+    config._attn_implementation = ATTENTION_NAME
+    try:
+        check_unpadded(wrapper)
+    except BaseException:
+        config._attn_implementation = own
+        raise
     wrapper.packed_passes = wrapper.eager_passes = wrapper.real_tokens = wrapper.padded_tokens = 0
     encoder.forward = wrapper
     return wrapper
+
+
+def unpad_or_warn(sentence_model: Any, setting: str, model_ref: str, *, logger: logging.Logger | None = None,
+                  context: str = "", **settings: Any) -> UnpaddedEncoder | None:
+    """:func:`unpad_encoder` for the config ``setting`` that asks for it; for a model it cannot serve, None and a
+    warning on ``logger`` (prefixed with ``context``) naming the model and why: that model computes on padding,
+    as it would without the setting."""
+    try:
+        return unpad_encoder(sentence_model, setting=setting, **settings)
+    except NotUnpaddable as err:
+        (logger or log).warning("%s%s cannot serve %s, which computes on padding: %s", context, setting, model_ref,
+                                err)
+        return None
