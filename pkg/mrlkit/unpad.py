@@ -37,6 +37,7 @@ hold (relative position biases, positions derived from the padding, as RoBERTa's
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -246,6 +247,7 @@ class UnpaddedEncoder:
         # model is loaded on the CPU and moved by the trainer, so the check waits for the first batch there
         self.varlen = varlen
         self.varlen_checked = False
+        self._check_lock = threading.Lock()
         self.on_device = on_device or (lambda t: t.is_cuda)  # where the flash kernel runs; tests pass a stand-in
         self.packed_passes = 0
         self.eager_passes = 0
@@ -283,14 +285,21 @@ class UnpaddedEncoder:
             return self.eager_forward(**kwargs)
         return self.packed_forward(kwargs["input_ids"], kwargs["attention_mask"], kwargs.get("token_type_ids"))
 
-    def packed_forward(self, ids: Any, mask: Any, token_types: Any = None) -> Any:
-        """The forward on the real tokens of ``ids`` (``[texts, length]``), hidden states in the padded shape."""
+    def packed_forward(self, ids: Any, mask: Any, token_types: Any = None, *, varlen: bool | None = None) -> Any:
+        """The forward on the real tokens of ``ids`` (``[texts, length]``), hidden states in the padded shape.
+
+        ``varlen``: whether attention may run the flash kernel; None decides as the wrapper is set (the checks
+        pass it, so they never change a setting another thread's forward reads).
+        """
         from transformers.modeling_outputs import BaseModelOutput
 
-        varlen = self.varlen and self.on_device(ids)
-        if varlen and not self.varlen_checked:
-            check_varlen(self)
-            varlen = self.varlen
+        if varlen is None:
+            varlen = self.varlen and self.on_device(ids)
+            if varlen and not self.varlen_checked:
+                with self._check_lock:  # forwards in other threads wait for the one check, not run unchecked
+                    if not self.varlen_checked:
+                        check_varlen(self)
+                varlen = self.varlen
         texts, length = ids.shape
         real = mask.bool()
         lengths_host = real.sum(1).tolist()  # a host sync: the groups and the flash kernel need the sizes there
@@ -332,21 +341,20 @@ def check_unpadded(wrapper: UnpaddedEncoder) -> float:
     model = wrapper.model
     device = next(model.parameters()).device
     ids, mask, types = _sample_batch(wrapper, device)
-    was_training, varlen = model.training, wrapper.varlen
+    was_training = model.training
     model.eval()
-    wrapper.varlen = False  # the grid path; the flash kernel is checked against it on its own GPU (check_varlen)
     try:
         with torch.no_grad(), torch.autocast(device.type, enabled=False):
             padded = wrapper.eager_forward(input_ids=ids, attention_mask=mask, token_type_ids=types,
                                            return_dict=True).last_hidden_state
-            packed = wrapper.packed_forward(ids, mask, types).last_hidden_state
+            # the grid path; the flash kernel is checked against it on its own GPU (check_varlen)
+            packed = wrapper.packed_forward(ids, mask, types, varlen=False).last_hidden_state
     except NotUnpaddable:
         raise
     except Exception as err:  # any failure means the model cannot run packed
         raise NotUnpaddable(f"its packed forward fails: {type(err).__name__}: {err}") from err
     finally:
         model.train(was_training)
-        wrapper.varlen = varlen
     real = mask.bool()
     diff = (packed[real] - padded[real]).abs().max().item()
     scale = max(padded[real].abs().max().item(), 1.0)
@@ -359,10 +367,17 @@ def check_unpadded(wrapper: UnpaddedEncoder) -> float:
 def check_varlen(wrapper: UnpaddedEncoder) -> float | None:
     """Compare the variable-length flash kernel with the grid path on a sample batch, forward and backward, in
     bf16 autocast on the model's GPU; turns it off (``wrapper.varlen = False``, with a warning) if it fails or
-    differs by more than bf16's error. Returns the largest relative difference; None where it cannot run."""
+    differs by more than bf16's error. Returns the largest relative difference; None where it cannot run.
+    ``wrapper.varlen_checked`` is set once ``wrapper.varlen`` holds the outcome."""
+    try:
+        return _compare_varlen(wrapper)
+    finally:
+        wrapper.varlen_checked = True
+
+
+def _compare_varlen(wrapper: UnpaddedEncoder) -> float | None:
     import torch
 
-    wrapper.varlen_checked = True  # the runs below go through packed_forward, which would check again
     # a frozen model (an inference server may freeze its weights) is compared on its forward alone
     weights = [p for p in wrapper.model.parameters() if p.requires_grad]
     first = next(wrapper.model.parameters())
@@ -374,10 +389,9 @@ def check_varlen(wrapper: UnpaddedEncoder) -> float | None:
     wrapper.model.eval()  # no dropout: both runs must compute the same function
 
     def run(varlen: bool) -> list[Any]:
-        wrapper.varlen = varlen
         # enable_grad: the first batch on the GPU may be an evaluation's, under no_grad
         with torch.enable_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
-            hidden = wrapper.packed_forward(ids, mask, types).last_hidden_state.float()
+            hidden = wrapper.packed_forward(ids, mask, types, varlen=varlen).last_hidden_state.float()
         if not weights:
             return [hidden]
         # allow_unused: a pooler head that sentence-transformers never reads gets no gradient

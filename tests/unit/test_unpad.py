@@ -296,6 +296,44 @@ def test_the_flash_kernel_runs_once_checked_and_only_where_it_may(model, monkeyp
     assert calls == []
 
 
+def test_forwards_in_other_threads_wait_for_the_flash_kernels_one_check(model, monkeypatch):
+    """Concurrent first batches on a GPU (a serve replica's): one thread checks the kernel, the others wait for the
+    outcome; none runs the kernel before it is known to work."""
+    import threading
+    import time
+
+    import mrlkit.unpad as unpad
+
+    def broken(*args, **kwargs):
+        time.sleep(0.05)  # a slow first call: the other threads arrive while the check runs
+        raise RuntimeError("FlashAttention only supports Ampere GPUs or newer")
+
+    wrapper = _on_cpu_as_on_a_gpu(model, monkeypatch, broken)
+    checks = []
+    check = unpad.check_varlen
+    monkeypatch.setattr(unpad, "check_varlen", lambda w: checks.append(w) or check(w))
+    model.eval()
+    start = threading.Barrier(4)
+    failures: list[str] = []
+
+    def encode() -> None:
+        start.wait()
+        try:
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                model.encode(TEXTS, batch_size=len(TEXTS))
+        except Exception as err:  # reported below
+            failures.append(f"{type(err).__name__}: {err}")
+
+    threads = [threading.Thread(target=encode) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures
+    assert len(checks) == 1 and wrapper.varlen_checked and not wrapper.varlen
+    assert wrapper.packed_passes == 4 + 1  # the four batches on the grid path, and the check's grid run
+
+
 @pytest.fixture()
 def minilm():
     """all-MiniLM-L6-v2's trained weights: a random tiny model attends almost uniformly, so a kernel attending
