@@ -55,6 +55,14 @@ def load_texts(data: Path) -> tuple[list[str], list[str]]:
             [r["context"] for r in rows if r["context"].strip()])
 
 
+def share(value: str) -> float:
+    """An argparse type: a fraction in [0, 1]."""
+    fraction = float(value)
+    if not 0.0 <= fraction <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction from 0 to 1, got {value}")
+    return fraction
+
+
 def serve_batches(questions: list[str], contexts: list[str], mix: str, *, batches: int, size: int,
                   passage_share: float, seed: int) -> list[list[str]]:
     rng = random.Random(seed)
@@ -71,7 +79,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median counts")
     parser.add_argument("--serve-batch", type=int, default=32, help="texts a forward pass (serve.max_batch_size)")
     parser.add_argument("--serve-batches", type=int, default=8, help="batches per serve workload and round")
-    parser.add_argument("--passage-share", type=float, default=0.25, help="contexts' share of the mixed workload")
+    parser.add_argument("--passage-share", type=share, default=0.25, help="contexts' share of the mixed workload")
     parser.add_argument("--corpus", type=int, default=1024, help="contexts the evaluate workload encodes")
     parser.add_argument("--eval-batch", type=int, default=64, help="evaluate.batch_size")
     parser.add_argument("--out", type=Path, default=None)

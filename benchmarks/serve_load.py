@@ -308,7 +308,9 @@ def main() -> int:
     parser.add_argument("--soak-seconds", type=float, default=None, help="time-bounded soak; reports replica RSS")
     parser.add_argument("--data", type=Path, default=None,
                         help="the seed dataset's folder: send its questions and contexts (default: synthetic texts)")
-    parser.add_argument("--passage-share", type=float, default=0.25, help="with --data: the contexts' share of texts")
+    from encode_unpad import share
+
+    parser.add_argument("--passage-share", type=share, default=0.25, help="with --data: the contexts' share of texts")
     parser.add_argument("--padded", action="store_true", help="compute on padding (serve.unpad: false)")
     parser.add_argument("--name", default="serve_load")
     ns = parser.parse_args()

@@ -16,16 +16,17 @@ same numbers up to the order of floating-point sums; dropout, when on, draws oth
 How: the Hugging Face model's ``forward`` is wrapped. It packs the batch's real tokens into one
 row (``[1, tokens]``) with each token's own position id and token type, so everything outside
 attention is position-wise and sees only real tokens. Attention is the one place where tokens
-meet: a registered attention function, the model's attention setting for as long as it is wrapped,
-gets the packing and attends within each text (a forward that is not packed reaches sdpa, the
-model's own attention, through it; the setting is not saved with the model). On a GPU
-in half precision without attention dropout it runs PyTorch's variable-length flash attention
-(``torch.nn.attention.varlen``), once checked there against the path below. Otherwise the texts,
-sorted by length, are cut into a few groups (:func:`attention_groups`), and each group attends in
-one ``[texts, longest, ...]`` grid through ``scaled_dot_product_attention`` with a key mask: one
-grid for the whole batch would make every short text pay for the longest's length. The hidden
-states come back scattered into the padded ``[texts, length, hidden]`` shape, zeros at padding, so
-pooling and everything downstream are unchanged.
+meet: a registered attention function (``mrlkit.packed_attention``), the model's attention
+setting for as long as it is wrapped, gets the packing and attends within each text (a forward
+that is not packed reaches sdpa, the model's own attention, through it; the setting is not saved
+with the model). On a GPU in half precision without attention dropout it runs PyTorch's
+variable-length flash attention (``torch.nn.attention.varlen``), once checked there against the
+path below. Otherwise the texts, sorted by length, are cut into a few groups
+(``packed_attention.attention_groups``), and each group attends in one ``[texts, longest, ...]``
+grid through ``scaled_dot_product_attention`` with a key mask: one grid for the whole batch would
+make every short text pay for the longest's length. The hidden states come back scattered into
+the padded ``[texts, length, hidden]`` shape, zeros at padding, so pooling and everything
+downstream are unchanged.
 
 Position ids are the columns the padded model gives the tokens (its default ``arange``), so the
 packed forward equals the padded one for every model whose only cross-token operator is attention
@@ -39,21 +40,18 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
+
+from mrlkit import packed_attention
+from mrlkit.packed_attention import ATTENTION_NAME, NotUnpaddable, Packing
 
 log = logging.getLogger(__name__)
 
-ATTENTION_NAME = "mrlkit_unpadded"
 PACKED_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 CHECK_TEXTS = ("a", "unpadded attention attends within each text of the batch, never across texts",
                "three words here", "")
 CHECK_TOLERANCE = 1e-4  # fp32, the same arithmetic in another order
 VARLEN_TOLERANCE = 0.05  # relative, bf16 (8 bits of mantissa) through a whole encoder and its backward
-# What attending in one more grid costs, in units of one query-key pair of attention (its forward and backward):
-# a grid is ~12 operators a layer, ~0.2 ms on a CPU, about the attention of a 32-token text (~1,000 pairs)
-GROUP_COST_PAIRS = 1024
 
 
 # Hugging Face forward arguments that carry no data: harmless to drop when they keep their defaults
@@ -71,164 +69,6 @@ def extra_arguments(kwargs: dict[str, Any], inputs: tuple[str, ...]) -> list[str
                   if k not in inputs and not (k in IGNORED_DEFAULTS and v is IGNORED_DEFAULTS[k]))
 
 
-class NotUnpaddable(Exception):
-    """The model's packed forward does not reproduce its padded one; it keeps computing on padding."""
-
-
-def attention_groups(lengths: list[int], group_cost: int = GROUP_COST_PAIRS) -> list[list[int]]:
-    """Texts (indices into ``lengths``) in groups that each attend in one ``[texts, longest]`` grid.
-
-    One grid for a whole batch costs ``texts x longest^2`` pairs, so a single long text makes every short
-    one pay for its length (random batches at the seed's lengths: a 200-token context beside 40-token
-    ones). Texts sorted by length are cut into contiguous groups minimizing the pairs attended plus
-    ``group_cost`` a group (dynamic programming, O(texts^2) on the host). Longest group first.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    sorted_lengths = [lengths[i] for i in order]
-    n = len(order)
-    best = [0] + [None] * n  # best[i]: the cheapest cover of the i longest texts
-    cut = [0] * (n + 1)
-    for i in range(1, n + 1):
-        for j in range(i):  # the last group is texts j..i-1, padded to the longest of them, sorted_lengths[j]
-            cost = best[j] + (i - j) * sorted_lengths[j] ** 2 + group_cost
-            if best[i] is None or cost < best[i]:
-                best[i], cut[i] = cost, j
-    groups = []
-    i = n
-    while i > 0:
-        groups.append(order[cut[i]:i])
-        i = cut[i]
-    return groups[::-1]
-
-
-@dataclass(frozen=True)
-class AttentionGroup:
-    """Texts of similar length that attend in one padded grid of ``[texts, longest]``."""
-
-    texts: int
-    longest: int
-    tokens: Any  # [group tokens]: their places in the packed row, text by text
-    cells: Any  # [group tokens]: their cells in the flattened grid; None when every text is ``longest`` long
-    key_mask: Any  # [texts, longest] bool, the grid's real cells; None likewise (no mask: the fused kernel)
-
-
-class Packing:
-    """Where a batch's real tokens sit: texts of ``lengths`` tokens one after another in one row.
-
-    What each attention path needs is built on its first use and kept for the pass's other layers, so a
-    pass builds only its own path's index tensors (host arithmetic, then copies to ``device``): ``grids``
-    for the grouped path, ``cu_seqlens`` for the flash kernel.
-    """
-
-    def __init__(self, lengths: list[int], device: Any, varlen: bool) -> None:
-        self.lengths = lengths
-        self.device = device
-        self.longest = max(lengths)
-        # whether the variable-length flash kernel may run (on the GPU, once checked; when the layer's precision
-        # and dropout allow it)
-        self.varlen = varlen
-
-    @cached_property
-    def starts(self) -> Any:
-        import numpy as np
-
-        return np.concatenate([[0], np.cumsum(self.lengths)])  # where each text starts in the row, and the end
-
-    @cached_property
-    def cu_seqlens(self) -> Any:
-        """[texts + 1] int32: ``starts`` on the device, as the flash kernel takes them."""
-        import numpy as np
-        import torch
-
-        return torch.from_numpy(self.starts.astype(np.int32)).to(self.device)
-
-    @cached_property
-    def grids(self) -> tuple[tuple[AttentionGroup, ...], Any]:
-        """The groups the texts attend in (:func:`attention_groups`), and ``restore``: the ``[tokens]`` order
-        that puts the groups' outputs, concatenated, back into the row's."""
-        import numpy as np
-        import torch
-
-        lengths, starts, device = self.lengths, self.starts, self.device
-        groups, order = [], []
-        for members in attention_groups(lengths):
-            group_lengths = [lengths[i] for i in members]
-            longest = max(group_lengths)
-            tokens = np.concatenate([np.arange(starts[i], starts[i] + lengths[i]) for i in members])
-            order.append(tokens)
-            cells = key_mask = None
-            if min(group_lengths) < longest:
-                cells = torch.from_numpy(np.concatenate([row * longest + np.arange(n)
-                                                         for row, n in enumerate(group_lengths)])).to(device)
-                key_mask = torch.from_numpy(np.arange(longest)[None, :]
-                                            < np.array(group_lengths)[:, None]).to(device)
-            groups.append(AttentionGroup(len(members), longest, torch.from_numpy(tokens).to(device), cells,
-                                         key_mask))
-        restore = torch.from_numpy(np.argsort(np.concatenate(order), kind="stable")).to(device)
-        return tuple(groups), restore
-
-
-def _varlen_attn() -> Any:
-    try:
-        from torch.nn.attention.varlen import varlen_attn
-    except ImportError:  # PyTorch before 2.10
-        return None
-    return varlen_attn
-
-
-def unpadded_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
-                       dropout: float = 0.0, scaling: float | None = None, mrlkit_packing: Packing | None = None,
-                       **kwargs: Any) -> tuple[Any, None]:
-    """A wrapped model's attention: within each text of a packed batch (``query``/``key``/``value`` are
-    ``[1, heads, tokens, dim]``; returns ``([1, tokens, heads, dim], None)``, what Hugging Face's attention
-    functions return); the model's own sdpa attention for a forward that is not packed.
-    """
-    import torch
-
-    packing = mrlkit_packing
-    if packing is None:
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-        return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, dropout=dropout,
-                                               scaling=scaling, **kwargs)
-    if query.shape[0] != 1 or key.shape[1] != query.shape[1]:
-        raise NotUnpaddable(f"{ATTENTION_NAME} attention needs a packed batch with as many key as query heads "
-                            f"(got query {tuple(query.shape)}, key {tuple(key.shape)})")
-    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [tokens, heads, dim]
-    varlen_attn = _varlen_attn() if packing.varlen and dropout == 0.0 else None
-    if varlen_attn is not None and q.dtype in (torch.float16, torch.bfloat16):
-        out = varlen_attn(q.contiguous(), k.contiguous(), v.contiguous(), packing.cu_seqlens, packing.cu_seqlens,
-                          packing.longest, packing.longest, scale=scaling)
-        return out[None], None
-    heads, dim = q.shape[1], q.shape[2]
-    groups, restore = packing.grids
-    outputs = []
-    for group in groups:
-        cells = group.texts * group.longest
-
-        def to_grid(t: Any, group: AttentionGroup = group, cells: int = cells) -> Any:
-            rows = t.index_select(0, group.tokens)
-            if group.cells is not None:
-                rows = rows.new_zeros(cells, heads, dim).index_copy(0, group.cells, rows)
-            return rows.view(group.texts, group.longest, heads, dim).transpose(1, 2)
-
-        mask = None if group.key_mask is None else group.key_mask[:, None, None, :]
-        out = torch.nn.functional.scaled_dot_product_attention(to_grid(q), to_grid(k), to_grid(v), attn_mask=mask,
-                                                               dropout_p=dropout, scale=scaling)
-        out = out.transpose(1, 2).reshape(cells, heads, dim)
-        outputs.append(out if group.cells is None else out.index_select(0, group.cells))
-    return torch.cat(outputs).index_select(0, restore)[None], None
-
-
-def _register() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-
-    AttentionInterface.register(ATTENTION_NAME, unpadded_attention)
-    # the packed batch has no padding, so the model's mask builder returns no mask, as it does for sdpa
-    AttentionMaskInterface.register(ATTENTION_NAME, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
-
-
 class UnpaddedEncoder:
     """The wrapped ``forward`` of a Hugging Face encoder; see the module docstring.
 
@@ -238,7 +78,7 @@ class UnpaddedEncoder:
 
     def __init__(self, model: Any, tokenizer: Any, *, varlen: bool = True,
                  on_device: Callable[[Any], bool] | None = None, setting: str = "unpad") -> None:
-        _register()
+        packed_attention.register()
         self.model = model
         self.setting = setting  # the config setting that asked for it, named in log lines
         self.tokenizer = tokenizer
@@ -382,7 +222,7 @@ def _compare_varlen(wrapper: UnpaddedEncoder) -> float | None:
     weights = [p for p in wrapper.model.parameters() if p.requires_grad]
     first = next(wrapper.model.parameters())
     device = first.device
-    if not wrapper.varlen or not wrapper.on_device(first) or _varlen_attn() is None:
+    if not wrapper.varlen or not wrapper.on_device(first) or packed_attention.varlen_attn() is None:
         return None
     ids, mask, types = _sample_batch(wrapper, device)
     was_training = wrapper.model.training

@@ -235,7 +235,7 @@ def _brute_force_cost(lengths, group_cost):
 def test_attention_groups_cover_every_text_once_at_the_least_cost():
     import random
 
-    from mrlkit.unpad import attention_groups
+    from mrlkit.packed_attention import attention_groups
 
     rng = random.Random(0)
     for _ in range(200):
@@ -267,9 +267,9 @@ def _reference_varlen(calls):
 
 
 def _on_cpu_as_on_a_gpu(model, monkeypatch, kernel):
-    import mrlkit.unpad as unpad
+    import mrlkit.packed_attention as packed_attention
 
-    monkeypatch.setattr(unpad, "_varlen_attn", lambda: kernel)
+    monkeypatch.setattr(packed_attention, "varlen_attn", lambda: kernel)
     wrapper = unpad_encoder(model, on_device=lambda t: True)
     assert wrapper.varlen and not wrapper.varlen_checked  # checked on the first batch, where the model trains
     return wrapper
